@@ -1,0 +1,367 @@
+"""The ``digest`` command: each verb calls one function of ``run`` (or ``schedule``) and turns
+domain errors into a message and an exit code. Logging is configured here and nowhere else.
+
+Exit codes: 0 success; 1 a delivery failed permanently (or another error); 2 the config or the
+command line is wrong; 3 deliveries were left pending for a later retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import webbrowser
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, run
+from .config import Settings, load_settings
+from .errors import ConfigError, DigestError
+from .store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Piped output never wraps table cells, so each feed and subscriber stays on one greppable line.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 1000)
+
+
+class Context:
+    """What every verb needs: the config path and, loaded on demand, settings and store."""
+
+    def __init__(self, config: str | None) -> None:
+        self.config = config
+
+    def settings(self) -> Settings:
+        return load_settings(self.config)
+
+    @contextmanager
+    def store(self, settings: Settings) -> Iterator[Store]:
+        with Store(settings.digest.database_url) as store:
+            yield store
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = (
+        logging.WARNING
+        if quiet
+        else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    )
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "httpcore", "apscheduler", "CSSUTILS"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+    logging.getLogger("CSSUTILS").setLevel(logging.CRITICAL)
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(message, markup=False)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn the pipeline's errors into messages and exit codes, never tracebacks."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            _fail("\n".join(exc.problems) + f"\n{len(exc.problems)} problem(s) in the config.", 2)
+        except DigestError as exc:
+            _fail(f"error: {exc}", 1)
+        return None
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "-c",
+    "config",
+    metavar="PATH",
+    help="Config file (default: $DIGEST_CONFIG, else config/digest.toml).",
+)
+@click.option("--verbose", "-v", count=True, help="Log what happens (-vv: more).")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+@click.version_option(__version__, prog_name="digest")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, verbose: int, quiet: bool) -> None:
+    """Topic-filtered email digests of research feeds."""
+    _setup_logging(verbose, quiet)
+    ctx.obj = Context(config)
+
+
+@main.command()
+@click.pass_obj
+@handle_errors
+def check(ctx: Context) -> None:
+    """Validate the config: exit 0, or exit 2 listing every problem.
+
+    Example: digest --config config/digest.toml check
+    """
+    settings = ctx.settings()
+    problems = run.check(settings)
+    if problems:
+        _fail("\n".join(problems) + f"\n{len(problems)} problem(s) in the config.", 2)
+    delivery = f"SMTP {settings.smtp.host}" if settings.smtp else f"Maildir {settings.outbox.maildir}"
+    out.print(
+        f"{settings.path}: OK ({len(settings.feeds)} feeds, {len(settings.topics)} topics, "
+        f"{len(settings.subscribers)} subscribers, delivery: {delivery})",
+        markup=False,
+    )
+
+
+@main.command()
+@click.option("--feed", "feeds", multiple=True, metavar="NAME", help="Only this feed (repeatable).")
+@click.pass_obj
+@handle_errors
+def fetch(ctx: Context, feeds: tuple[str, ...]) -> None:
+    """Pull every feed once, store new entries, print a line per feed.
+
+    Example: digest fetch
+    """
+    settings = ctx.settings()
+    unknown = set(feeds) - {f.name for f in settings.feeds}
+    if unknown:
+        _fail(
+            f"error: unknown feed {', '.join(sorted(unknown))} "
+            f"(feeds: {', '.join(f.name for f in settings.feeds)})",
+            2,
+        )
+    with ctx.store(settings) as store:
+        reports = run.fetch_all(settings, store, feeds=feeds or None)
+    _print_feeds(reports)
+
+
+def _print_feeds(reports: list[run.FeedReport]) -> None:
+    table = Table("feed", "result", "time", box=None, pad_edge=False)
+    for r in reports:
+        result = {"new": f"{r.new} new", "not-modified": "not modified", "error": f"error: {r.error}"}[
+            r.result
+        ]
+        table.add_row(r.feed, result + "".join(f" (warning: {w})" for w in r.warnings), f"{r.elapsed:.2f}s")
+    out.print(table)
+
+
+@main.command()
+@click.option(
+    "--subscriber",
+    "-s",
+    "subscribers",
+    multiple=True,
+    metavar="EMAIL",
+    help="Only this subscriber (repeatable).",
+)
+@click.option("--dry-run", is_flag=True, help="Build and report, but send and record nothing.")
+@click.option("--no-fetch", is_flag=True, help="Use stored entries; do not fetch feeds first.")
+@click.pass_obj
+@handle_errors
+def send(ctx: Context, subscribers: tuple[str, ...], dry_run: bool, no_fetch: bool) -> None:
+    """Fetch, then build and deliver now each subscriber's digest of new entries.
+
+    Exit 0 when everything was delivered or there was nothing to send, 1 when a delivery
+    failed permanently (the others are still delivered), 3 when some were left pending.
+
+    Example: digest send --subscriber ada@example.org --dry-run
+    """
+    settings = ctx.settings()
+    try:
+        run.select_subscribers(settings, subscribers)
+    except DigestError as exc:
+        _fail(f"error: {exc}", 2)
+    with ctx.store(settings) as store:
+        report = run.send(
+            settings, store, subscribers=subscribers or None, dry_run=dry_run, fetch=not no_fetch
+        )
+    for feed in report.feeds:
+        if feed.result == "error":
+            out.print(f"feed {feed.feed}: error: {feed.error}", markup=False)
+        else:
+            out.print(
+                f"feed {feed.feed}: {feed.new} new"
+                if feed.result == "new"
+                else f"feed {feed.feed}: not modified",
+                markup=False,
+            )
+    for outcome in report.outcomes:
+        line = {
+            "planned": f"would send {outcome.subscriber}: {outcome.entries} entries, "
+            f"subject {outcome.subject!r}",
+            "sent": f"sent {outcome.subscriber}: {outcome.entries} entries",
+            "pending": f"pending {outcome.subscriber}: {outcome.detail} (will retry)",
+            "failed": f"failed {outcome.subscriber}: {outcome.detail}",
+        }[outcome.status]
+        out.print(line, markup=False)
+    for email in report.nothing_new:
+        out.print(f"nothing new for {email}", markup=False)
+    summary = (
+        f"{report.count('planned')} digest(s) would be sent (dry run: nothing sent or recorded)"
+        if dry_run
+        else f"{report.count('sent')} sent, {report.count('pending')} pending, "
+        f"{report.count('failed')} failed"
+    )
+    failed_feeds = sum(1 for f in report.feeds if f.result == "error")
+    out.print(
+        f"{summary}; {len(report.nothing_new)} with nothing new; {failed_feeds} feed error(s).", markup=False
+    )
+    if settings.smtp is None and report.count("sent"):
+        out.print(f"Emails are in the Maildir {settings.outbox.maildir}/new", markup=False)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.option("--subscriber", "-s", "email", required=True, metavar="EMAIL", help="Whose digest to preview.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="HTML file to write (default: a temporary file).",
+)
+@click.option(
+    "--text",
+    "text_output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the plain-text part here.",
+)
+@click.option("--no-fetch", is_flag=True, help="Use stored entries; do not fetch feeds first.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the preview in a web browser.")
+@click.pass_obj
+@handle_errors
+def preview(
+    ctx: Context,
+    email: str,
+    output: Path | None,
+    text_output: Path | None,
+    no_fetch: bool,
+    open_browser: bool,
+) -> None:
+    """Render a subscriber's next digest to an HTML file without sending or recording anything.
+
+    Example: digest preview --subscriber ada@example.org --output /tmp/ada.html
+    """
+    settings = ctx.settings()
+    try:
+        run.select_subscribers(settings, [email])
+    except DigestError as exc:
+        _fail(f"error: {exc}", 2)
+    with ctx.store(settings) as store:
+        digest, rendered = run.preview(settings, store, email, fetch=not no_fetch)
+    if output is None:
+        with tempfile.NamedTemporaryFile(prefix="digest-preview-", suffix=".html", delete=False) as handle:
+            output = Path(handle.name)
+    output.write_text(rendered.html, encoding="utf-8")
+    if text_output:
+        text_output.write_text(rendered.text, encoding="utf-8")
+    out.print(f"Subject: {rendered.subject}", markup=False)
+    out.print(f"{digest.entry_count} entries ({digest.more_count} more not shown)", markup=False)
+    out.print(str(output.resolve()), markup=False)
+    if open_browser:
+        webbrowser.open(output.resolve().as_uri())
+
+
+@main.command(name="run")
+@click.pass_obj
+@handle_errors
+def run_command(ctx: Context) -> None:
+    """Run the scheduler in the foreground: fetch feeds and send digests on schedule.
+
+    Stop it with Ctrl-C or SIGTERM; SIGHUP reloads the config.
+
+    Example: digest --config config/digest.toml run
+    """
+    from .schedule import run_scheduler
+
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    sys.exit(run_scheduler(ctx.config))
+
+
+@main.command()
+@click.pass_obj
+@handle_errors
+def status(ctx: Context) -> None:
+    """Show feeds (last fetch, entries, errors), subscribers (last digest, pending) and the outbox.
+
+    Example: digest status
+    """
+    from .schedule import next_fire_times
+
+    settings = ctx.settings()
+    with ctx.store(settings) as store:
+        report = run.status(settings, store)
+    next_at = next_fire_times(settings)
+    feeds = Table(
+        "feed",
+        "last fetch",
+        "last success",
+        "entries",
+        "result",
+        "failures",
+        "url",
+        title="Feeds",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
+    for f in report.feeds:
+        feeds.add_row(
+            f.name,
+            _when(f.last_fetch_at),
+            _when(f.last_success_at),
+            str(f.entries),
+            f"error: {f.last_error}" if f.last_error else (f.last_status or "never fetched"),
+            str(f.failures),
+            f.url,
+        )
+    out.print(feeds)
+    subs = Table(
+        "subscriber",
+        "topics",
+        "schedule",
+        "last digest",
+        "pending entries",
+        "next digest",
+        title="Subscribers",
+        title_justify="left",
+        box=None,
+        pad_edge=False,
+    )
+    for s in report.subscribers:
+        subs.add_row(
+            s.email,
+            ", ".join(s.topics),
+            s.schedule,
+            _when(s.last_digest_at),
+            str(s.pending_entries),
+            _when(next_at.get(s.email)),
+        )
+    out.print(subs)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(report.deliveries.items())) or "empty"
+    out.print(f"Outbox: {counts}", markup=False)
+    for row in report.unfinished:
+        out.print(
+            f"  {row.state} {row.subscriber} (attempts {row.attempts}, "
+            f"next {_when(row.next_attempt_at)}): {row.last_error or ''}",
+            markup=False,
+        )
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+if __name__ == "__main__":
+    main()

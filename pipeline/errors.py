@@ -1,0 +1,57 @@
+"""One exception base for the whole pipeline, one subclass per stage.
+
+Stages raise these ``from`` the underlying cause; ``run`` catches them per feed and per
+subscriber so that one bad feed or one bad address never stops a run, and the CLI turns them
+into a message and an exit code (never a traceback).
+"""
+
+from __future__ import annotations
+
+
+class DigestError(Exception):
+    """Base of every error the pipeline reports to users."""
+
+
+class ConfigError(DigestError):
+    """The configuration file is unreadable or invalid; carries every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class FetchError(DigestError):
+    """A feed could not be downloaded."""
+
+
+class ParseError(DigestError):
+    """A feed's bytes could not be turned into entries."""
+
+
+class StoreError(DigestError):
+    """The state database could not be read or written."""
+
+
+class MatchError(DigestError):
+    """A topic's keywords or query are invalid."""
+
+
+class RenderError(DigestError):
+    """A template failed to render."""
+
+
+class DeliveryError(DigestError):
+    """A message could not be delivered.
+
+    ``transient`` says whether trying again later may succeed (4xx replies, 552, connection
+    problems) or not (other 5xx replies, a refused address).
+    """
+
+    def __init__(self, message: str, *, transient: bool, code: int | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.code = code
+
+
+class ScheduleError(DigestError):
+    """The scheduler cannot start or run."""

@@ -1,0 +1,783 @@
+"""The state database: feeds, entries, subscribers and the delivery outbox (SQLAlchemy Core).
+
+Every change is one transaction per unit of work. A digest is written to the outbox, with its
+entries marked as taken for that subscriber, in one transaction before any SMTP traffic; the
+primary key on (subscriber, entry) makes it impossible for one entry to go into two digests
+for the same person, even with two processes racing. SQLite runs in WAL mode with
+``synchronous=FULL`` and a busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``
+so concurrent writers queue instead of failing on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.types import TypeDecorator
+
+from .errors import StoreError
+from .models import Entry, FeedItem
+
+SCHEMA_VERSION = 1
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, whatever the database keeps."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+meta_table = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+feeds_table = Table(
+    "feeds",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("configured_url", Text, nullable=False),
+    Column("url", Text, nullable=False),  # differs after a permanent redirect
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("last_fetch_at", UTCDateTime),
+    Column("last_success_at", UTCDateTime),
+    Column("last_status", String(64)),
+    Column("last_error", Text),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime),
+    Column("last_new", Integer, nullable=False, default=0),
+)
+
+entries_table = Table(
+    "entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("title", Text, nullable=False),
+    Column("link", Text, index=True),
+    Column("arxiv_id", String(64), index=True),
+    Column("summary_html", Text, nullable=False),
+    Column("authors", JSON, nullable=False),
+    Column("categories", JSON, nullable=False),
+    Column("published", UTCDateTime, nullable=False, index=True),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("content_hash", String(64), nullable=False),
+)
+
+sources_table = Table(
+    "entry_sources",
+    metadata,
+    Column("feed", String(64), primary_key=True),
+    Column("guid", Text, primary_key=True),
+    Column("entry_id", Integer, ForeignKey("entries.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("seen_at", UTCDateTime, nullable=False),
+)
+
+subscribers_table = Table(
+    "subscribers",
+    metadata,
+    Column("email", String(320), primary_key=True),
+    Column("last_digest_at", UTCDateTime),  # the last digest put in the outbox
+    Column("last_checked_at", UTCDateTime),  # the last real send that considered them
+    Column("last_scheduled_at", UTCDateTime),  # the last scheduled time served (scheduler)
+)
+
+deliveries_table = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("subscriber", String(320), nullable=False, index=True),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | sending | sent | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("deliver_until", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime),
+    Column("claimed_by", String(255)),
+    Column("last_error", Text),
+    Column("sent_at", UTCDateTime),
+    Column("spec", JSON, nullable=False),
+    Index("ix_deliveries_due", "state", "next_attempt_at"),
+)
+
+taken_table = Table(
+    "delivered_entries",
+    metadata,
+    Column("subscriber", String(320), primary_key=True),
+    Column("entry_id", Integer, primary_key=True),
+    Column(
+        "delivery_id", Integer, ForeignKey("deliveries.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("shown", Boolean, nullable=False),  # False: counted in "and N more", not listed
+)
+
+PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """What the store remembers about one feed."""
+
+    name: str
+    url: str
+    configured_url: str
+    etag: str | None
+    last_modified: str | None
+    last_fetch_at: datetime | None
+    last_success_at: datetime | None
+    last_status: str | None
+    last_error: str | None
+    failures: int
+    next_attempt_at: datetime | None
+    last_new: int
+    entries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberState:
+    email: str
+    last_digest_at: datetime | None
+    last_checked_at: datetime | None
+    last_scheduled_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A digest waiting in (or claimed from) the outbox."""
+
+    id: int
+    subscriber: str
+    message_id: str
+    created_at: datetime
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    deliver_until: datetime
+    last_error: str | None
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A digest to put in the outbox: who, which entries (shown or only counted), and its spec."""
+
+    subscriber: str
+    message_id: str
+    created_at: datetime
+    deliver_until: datetime
+    shown: tuple[int, ...]
+    hidden: tuple[int, ...]
+    spec: dict[str, Any]
+
+
+def owner_id() -> str:
+    """Who holds a claim: host and process, so a dead local holder can be recognised."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_is_dead(claimed_by: str | None) -> bool:
+    if not claimed_by:
+        return True
+    host, _, pid = claimed_by.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's claim: only its lease can expire it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """A handle on the state database; open one per process, close it when done."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = _engine(url)
+            metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                version = conn.execute(
+                    select(meta_table.c.value).where(meta_table.c.key == "schema")
+                ).scalar()
+                if version is None:
+                    conn.execute(insert(meta_table).values(key="schema", value=str(SCHEMA_VERSION)))
+                elif int(version) > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{url}: database schema {version} is newer than this digest ({SCHEMA_VERSION})"
+                    )
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"cannot open state database {_safe_url(url)}: {exc.__class__.__name__}: "
+                f"{exc.args[0] if exc.args else exc}"
+            ) from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"state database error: {exc.__class__.__name__}: {exc}") from exc
+
+    # --- feeds ---------------------------------------------------------------------------------
+
+    def feed_states(self) -> dict[str, FeedState]:
+        """Every feed the store knows, with its entry count."""
+        counts = (
+            select(sources_table.c.feed, func.count().label("n")).group_by(sources_table.c.feed).subquery()
+        )
+        query = select(feeds_table, func.coalesce(counts.c.n, 0).label("entries")).outerjoin(
+            counts, counts.c.feed == feeds_table.c.name
+        )
+        with self._tx() as conn:
+            return {row.name: FeedState(**row._asdict()) for row in conn.execute(query)}
+
+    def sync_feeds(self, configured: dict[str, str]) -> None:
+        """Make the feeds table agree with the config: a changed URL resets the validators."""
+        with self._tx() as conn:
+            known = {row.name: row for row in conn.execute(select(feeds_table))}
+            for name, url in configured.items():
+                row = known.get(name)
+                if row is None:
+                    conn.execute(
+                        insert(feeds_table).values(
+                            name=name, configured_url=url, url=url, failures=0, last_new=0
+                        )
+                    )
+                elif row.configured_url != url:
+                    conn.execute(
+                        update(feeds_table)
+                        .where(feeds_table.c.name == name)
+                        .values(
+                            configured_url=url,
+                            url=url,
+                            etag=None,
+                            last_modified=None,
+                            failures=0,
+                            next_attempt_at=None,
+                            last_error=None,
+                        )
+                    )
+
+    def record_fetch(
+        self,
+        feed: str,
+        *,
+        now: datetime,
+        status: str,
+        new: int = 0,
+        error: str | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        url: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Remember the outcome of one fetch (success when ``error`` is None)."""
+        values: dict[str, Any] = {
+            "last_fetch_at": now,
+            "last_status": status,
+            "next_attempt_at": next_attempt_at,
+        }
+        if error is None:
+            values.update(
+                last_success_at=now,
+                last_error=None,
+                failures=0,
+                last_new=new,
+                etag=etag,
+                last_modified=last_modified,
+            )
+            if url:
+                values["url"] = url
+        else:
+            values.update(last_error=error, failures=feeds_table.c.failures + 1)
+        with self._tx() as conn:
+            conn.execute(update(feeds_table).where(feeds_table.c.name == feed).values(**values))
+
+    # --- entries -------------------------------------------------------------------------------
+
+    def add_items(self, items: Sequence[FeedItem], now: datetime) -> int:
+        """Store a feed's items; return how many are new entries.
+
+        Identity: within a feed an item is its guid. Across feeds, the same arXiv id or the
+        same canonical link is the same entry, remembered with every feed that carried it;
+        but two items of one feed with distinct guids stay distinct. An item seen before with
+        new content updates the stored entry (it is not "new" and is not sent again).
+        """
+        if not items:
+            return 0
+        new = 0
+        with self._tx() as conn:
+            feeds = {item.feed for item in items}
+            guids = [item.guid for item in items]
+            known: dict[tuple[str, str], int] = {}
+            for chunk in _chunks(guids, 500):
+                rows = conn.execute(
+                    select(sources_table.c.feed, sources_table.c.guid, sources_table.c.entry_id).where(
+                        sources_table.c.feed.in_(feeds), sources_table.c.guid.in_(chunk)
+                    )
+                )
+                known.update({(r.feed, r.guid): r.entry_id for r in rows})
+            for item in items:
+                digest = _content_hash(item)
+                entry_id = known.get((item.feed, item.guid))
+                if entry_id is not None:
+                    conn.execute(
+                        update(entries_table)
+                        .where(entries_table.c.id == entry_id, entries_table.c.content_hash != digest)
+                        .values(**_entry_values(item), content_hash=digest, updated_at=now)
+                    )
+                    continue
+                entry_id = self._same_item(conn, item)
+                if entry_id is None:
+                    entry_id = conn.execute(
+                        insert(entries_table).values(
+                            {
+                                "published": now,
+                                **_entry_values(item),
+                                "content_hash": digest,
+                                "first_seen": now,
+                                "updated_at": now,
+                            }
+                        )
+                    ).inserted_primary_key[0]  # type: ignore[index]
+                    new += 1
+                conn.execute(
+                    insert(sources_table).values(
+                        feed=item.feed, guid=item.guid, entry_id=entry_id, seen_at=now
+                    )
+                )
+                known[(item.feed, item.guid)] = entry_id
+        return new
+
+    @staticmethod
+    def _same_item(conn: Connection, item: FeedItem) -> int | None:
+        """An entry from *another* feed with the same arXiv id or canonical link."""
+        keys = []
+        if item.arxiv_id:
+            keys.append(entries_table.c.arxiv_id == item.arxiv_id)
+        if item.link:
+            keys.append(entries_table.c.link == item.link)
+        if not keys:
+            return None
+        own_feed = select(sources_table.c.entry_id).where(sources_table.c.feed == item.feed)
+        found: int | None = conn.execute(
+            select(entries_table.c.id)
+            .where(or_(*keys), entries_table.c.id.not_in(own_feed))
+            .order_by(entries_table.c.id)
+            .limit(1)
+        ).scalar()
+        return found
+
+    def entries_since(self, cutoff: datetime) -> list[Entry]:
+        """Entries published (or, undated, first seen) at or after ``cutoff``, newest first."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(entries_table)
+                .where(entries_table.c.published >= cutoff)
+                .order_by(entries_table.c.published.desc(), entries_table.c.id.desc())
+            ).all()
+            return self._entries(conn, rows)
+
+    def entries_by_id(self, ids: Iterable[int]) -> dict[int, Entry]:
+        """The stored entries with these ids (missing ids are simply absent)."""
+        wanted = sorted(set(ids))
+        out: dict[int, Entry] = {}
+        with self._tx() as conn:
+            for chunk in _chunks(wanted, 500):
+                rows = conn.execute(select(entries_table).where(entries_table.c.id.in_(chunk))).all()
+                out.update({e.id: e for e in self._entries(conn, rows)})
+        return out
+
+    @staticmethod
+    def _entries(conn: Connection, rows: Sequence[Any]) -> list[Entry]:
+        feeds: dict[int, list[str]] = {}
+        ids = [row.id for row in rows]
+        for chunk in _chunks(ids, 500):
+            for src in conn.execute(
+                select(sources_table.c.entry_id, sources_table.c.feed)
+                .where(sources_table.c.entry_id.in_(chunk))
+                .order_by(sources_table.c.seen_at, sources_table.c.feed)
+            ):
+                names = feeds.setdefault(src.entry_id, [])
+                if src.feed not in names:
+                    names.append(src.feed)
+        return [
+            Entry(
+                id=row.id,
+                title=row.title,
+                link=row.link,
+                summary_html=row.summary_html,
+                authors=tuple(row.authors),
+                categories=tuple(row.categories),
+                published=row.published,
+                first_seen=row.first_seen,
+                feeds=tuple(feeds.get(row.id, ())),
+                arxiv_id=row.arxiv_id,
+            )
+            for row in rows
+        ]
+
+    # --- subscribers ---------------------------------------------------------------------------
+
+    def subscriber_states(self) -> dict[str, SubscriberState]:
+        with self._tx() as conn:
+            return {
+                row.email: SubscriberState(**row._asdict()) for row in conn.execute(select(subscribers_table))
+            }
+
+    def taken_entries(self, emails: Iterable[str], entry_ids: Iterable[int]) -> dict[str, set[int]]:
+        """For each subscriber, which of these entries already went (or are going) to them."""
+        emails = list(emails)
+        ids = list(entry_ids)
+        out: dict[str, set[int]] = {email: set() for email in emails}
+        if not emails or not ids:
+            return out
+        with self._tx() as conn:
+            for chunk in _chunks(ids, 500):
+                for row in conn.execute(
+                    select(taken_table.c.subscriber, taken_table.c.entry_id).where(
+                        taken_table.c.entry_id.in_(chunk)
+                    )
+                ):
+                    if row.subscriber in out:
+                        out[row.subscriber].add(row.entry_id)
+        return out
+
+    def mark_checked(self, emails: Iterable[str], now: datetime) -> None:
+        """Remember that a real send considered these subscribers (it bounds their next lookback)."""
+        with self._tx() as conn:
+            for email in emails:
+                self._upsert_subscriber(conn, email, last_checked_at=now)
+
+    def mark_scheduled(self, email: str, fire_time: datetime) -> None:
+        """Remember the last scheduled time served for a subscriber."""
+        with self._tx() as conn:
+            self._upsert_subscriber(conn, email, last_scheduled_at=fire_time)
+
+    @staticmethod
+    def _upsert_subscriber(conn: Connection, email: str, **values: Any) -> None:
+        done = conn.execute(
+            update(subscribers_table).where(subscribers_table.c.email == email).values(**values)
+        )
+        if not done.rowcount:
+            conn.execute(insert(subscribers_table).values(email=email, **values))
+
+    # --- outbox --------------------------------------------------------------------------------
+
+    def enqueue(self, deliveries: Sequence[NewDelivery]) -> list[NewDelivery]:
+        """Commit digests to the outbox with their entries taken; return those that went in.
+
+        A digest whose entries another process took meanwhile is skipped (its savepoint rolls
+        back), so racing senders never put one entry in two digests for the same person.
+        """
+        accepted = []
+        with self._tx() as conn:
+            for item in deliveries:
+                try:
+                    with conn.begin_nested():
+                        delivery_id = conn.execute(
+                            insert(deliveries_table).values(
+                                subscriber=item.subscriber,
+                                message_id=item.message_id,
+                                created_at=item.created_at,
+                                state=PENDING,
+                                attempts=0,
+                                next_attempt_at=item.created_at,
+                                deliver_until=item.deliver_until,
+                                spec=item.spec,
+                            )
+                        ).inserted_primary_key[0]  # type: ignore[index]
+                        rows = [
+                            {
+                                "subscriber": item.subscriber,
+                                "entry_id": eid,
+                                "delivery_id": delivery_id,
+                                "shown": shown,
+                            }
+                            for ids, shown in ((item.shown, True), (item.hidden, False))
+                            for eid in ids
+                        ]
+                        if rows:
+                            conn.execute(insert(taken_table), rows)
+                        self._upsert_subscriber(conn, item.subscriber, last_digest_at=item.created_at)
+                except IntegrityError:
+                    continue
+                accepted.append(item)
+        return accepted
+
+    def claim(
+        self,
+        now: datetime,
+        *,
+        lease: timedelta,
+        owner: str,
+        subscribers: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[OutboxRow]:
+        """Atomically take up to ``limit`` due rows: pending ones whose time has come, and
+        sending ones whose holder's lease expired or whose local holder process is dead."""
+        due = or_(
+            and_(deliveries_table.c.state == PENDING, deliveries_table.c.next_attempt_at <= now),
+            and_(deliveries_table.c.state == SENDING, deliveries_table.c.lease_until < now),
+        )
+        stale = deliveries_table.c.state == SENDING
+        where = [due]
+        if subscribers is not None:
+            where.append(deliveries_table.c.subscriber.in_(list(subscribers)))
+        with self._tx() as conn:
+            candidates = select(
+                deliveries_table.c.id, deliveries_table.c.state, deliveries_table.c.claimed_by
+            )
+            query = candidates.where(*where).order_by(deliveries_table.c.id).limit(limit)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = [row.id for row in conn.execute(query)]
+            # Sending rows held by a local process that no longer exists are taken at once.
+            orphan_query = select(deliveries_table.c.id, deliveries_table.c.claimed_by).where(
+                stale, deliveries_table.c.lease_until >= now
+            )
+            if subscribers is not None:
+                orphan_query = orphan_query.where(deliveries_table.c.subscriber.in_(list(subscribers)))
+            ids += [row.id for row in conn.execute(orphan_query) if _holder_is_dead(row.claimed_by)][
+                : max(0, limit - len(ids))
+            ]
+            if not ids:
+                return []
+            conn.execute(
+                update(deliveries_table)
+                .where(deliveries_table.c.id.in_(ids))
+                .values(
+                    state=SENDING,
+                    lease_until=now + lease,
+                    claimed_by=owner,
+                    attempts=deliveries_table.c.attempts + 1,
+                )
+            )
+            rows = conn.execute(
+                select(deliveries_table).where(deliveries_table.c.id.in_(ids)).order_by(deliveries_table.c.id)
+            )
+            return [_outbox_row(row) for row in rows]
+
+    def renew(self, ids: Sequence[int], until: datetime, owner: str) -> None:
+        """Extend the lease on rows this process still holds."""
+        if ids:
+            with self._tx() as conn:
+                conn.execute(
+                    update(deliveries_table)
+                    .where(
+                        deliveries_table.c.id.in_(list(ids)),
+                        deliveries_table.c.state == SENDING,
+                        deliveries_table.c.claimed_by == owner,
+                    )
+                    .values(lease_until=until)
+                )
+
+    def mark_sent(self, ids: Sequence[int], now: datetime) -> None:
+        if ids:
+            with self._tx() as conn:
+                conn.execute(
+                    update(deliveries_table)
+                    .where(deliveries_table.c.id.in_(list(ids)))
+                    .values(
+                        state=SENT,
+                        sent_at=now,
+                        lease_until=None,
+                        last_error=None,
+                    )
+                )
+
+    def mark_retry(self, delivery_id: int, error: str, next_attempt_at: datetime) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(deliveries_table)
+                .where(deliveries_table.c.id == delivery_id)
+                .values(
+                    state=PENDING,
+                    next_attempt_at=next_attempt_at,
+                    lease_until=None,
+                    last_error=error,
+                )
+            )
+
+    def mark_failed(self, delivery_id: int, error: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(deliveries_table)
+                .where(deliveries_table.c.id == delivery_id)
+                .values(
+                    state=FAILED,
+                    lease_until=None,
+                    last_error=error,
+                )
+            )
+
+    def deliveries(self, states: Sequence[str], limit: int = 1000) -> list[OutboxRow]:
+        """Outbox rows in these states, oldest first."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(deliveries_table)
+                .where(deliveries_table.c.state.in_(list(states)))
+                .order_by(deliveries_table.c.id)
+                .limit(limit)
+            )
+            return [_outbox_row(row) for row in rows]
+
+    def delivery_counts(self) -> dict[str, int]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(deliveries_table.c.state, func.count()).group_by(deliveries_table.c.state)
+            )
+            return {row[0]: row[1] for row in rows}
+
+    def forget_deliveries_before(self, cutoff: datetime) -> int:
+        """Drop finished outbox rows older than ``cutoff`` (their taken entries go with them)."""
+        with self._tx() as conn:
+            old = select(deliveries_table.c.id).where(
+                deliveries_table.c.state.in_([SENT, FAILED]), deliveries_table.c.created_at < cutoff
+            )
+            conn.execute(delete(taken_table).where(taken_table.c.delivery_id.in_(old)))
+            return conn.execute(delete(deliveries_table).where(deliveries_table.c.id.in_(old))).rowcount
+
+
+def _outbox_row(row: Any) -> OutboxRow:
+    return OutboxRow(
+        id=row.id,
+        subscriber=row.subscriber,
+        message_id=row.message_id,
+        created_at=row.created_at,
+        state=row.state,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        deliver_until=row.deliver_until,
+        last_error=row.last_error,
+        spec=row.spec if isinstance(row.spec, dict) else json.loads(row.spec),
+    )
+
+
+def _entry_values(item: FeedItem) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "title": item.title,
+        "link": item.link,
+        "arxiv_id": item.arxiv_id,
+        "summary_html": item.summary_html,
+        "authors": list(item.authors),
+        "categories": list(item.categories),
+    }
+    if item.published is not None:
+        values["published"] = item.published
+    return values
+
+
+def _content_hash(item: FeedItem) -> str:
+    payload = json.dumps(
+        [item.title, item.link, item.summary_html, item.authors, item.categories], ensure_ascii=False
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _safe_url(url: str) -> str:
+    """The URL without a password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Take transaction control from the driver so BEGIN IMMEDIATE and SAVEPOINT work.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
