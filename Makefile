@@ -18,13 +18,14 @@ $(VENV)/.test: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(DIGEST) check
+	@mkdir -p config/outbox
+	$(DIGEST) preview --subscriber ada@example.org --output config/outbox/preview-ada.html
 	$(DIGEST) send
-	$(DIGEST) preview --no-fetch --subscriber ada@example.org --output config/outbox/preview-ada.html
 	@echo
 	@echo "The digests are email files in config/outbox/new/ (one per subscriber):"
 	@ls -1 config/outbox/new/
 	@echo "Open one in a mail client (for example: thunderbird config/outbox/new/<file>),"
-	@echo "or look at Ada's next digest as a web page: config/outbox/preview-ada.html"
+	@echo "or look at Ada's digest as a web page (written by 'digest preview' before the send):"
 	@echo "  python3 -m webbrowser file://$(CURDIR)/config/outbox/preview-ada.html"
 	@echo "Run 'make demo' again: nothing is sent twice. Start over with: rm -r config/state config/outbox"
 

@@ -63,6 +63,32 @@ def words(text: str) -> list[str]:
     return [fold(w) for w in _WORD.findall(text)]
 
 
+def hit_spans(text: str, hits: Iterable[str]) -> list[tuple[int, int]]:
+    """Where in ``text`` the hit keywords occur, as sorted, non-overlapping (start, end) spans.
+
+    The same word rules as matching, so the highlighted words are exactly the ones that made
+    the entry match; ``render`` uses this to wrap them in ``<mark>``.
+    """
+    tokens = [(m.start(), m.end(), fold(m.group())) for m in _WORD.finditer(text)]
+    folded = [t[2] for t in tokens]
+    spans = []
+    for hit in hits:
+        phrase = words(hit)
+        n = len(phrase)
+        if not n:
+            continue
+        for i in range(len(tokens) - n + 1):
+            if folded[i : i + n] == phrase:
+                spans.append((tokens[i][0], tokens[i + n - 1][1]))
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 class Field:
     """One searchable field of an entry: its folded words and where each occurs."""
 
