@@ -335,6 +335,7 @@ def send(
         log.info("digest to=%s skipped=nothing-new", email)
     if dry_run:
         renderer = Renderer(settings)
+        renderer.prepare(digests)
         for digest in digests:
             rendered = renderer.render(digest)
             report.outcomes.append(
@@ -378,6 +379,7 @@ def deliver_due(
             entries = store.entries_by_id(
                 eid for row in rows for s in row.spec["sections"] for eid, _, _ in s["entries"]
             )
+            renderer.prepare(digest_from_row(row, entries) for row in rows)  # one premailer call per batch
             for row in rows:
                 if report.unreachable:
                     store.mark_retry(row.id, report.unreachable, _next_attempt(row, clock()))
