@@ -18,12 +18,10 @@ Lines: every body line is at most 76 characters (quoted-printable), every header
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 from datetime import datetime
 from email.header import Header
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTPUTF8
 from email.utils import format_datetime, formataddr, parseaddr
 from urllib.parse import quote
 
@@ -36,6 +34,7 @@ LINE = 78  # recommended header line length (RFC 5322 2.1.1)
 CRLF = b"\r\n"
 _QP_CACHE_LIMIT = 50_000
 _qp_lines: dict[str, bytes] = {}
+_qp_parts: dict[str, bytes] = {}
 _URL_SAFE = "!#$%&'()*+,-./:;=?@[]~_"
 
 
@@ -105,9 +104,15 @@ def mailbox(name: str, display: str | None, address: str) -> str:
     display = header_text(display or "", NAME_LIMIT)
     if not display:
         return address
-    return _fold(name, f"{_phrase(name, display)} <{address}>")
+    if _plain(display):
+        return _fold(name, f"{_phrase(name, display)} <{address}>")
+    phrase = _encoded(name, display)
+    last = phrase.rpartition("\r\n")[2] if "\r\n" in phrase else f"{name}: {phrase}"
+    fold = "\r\n" if len(last) + len(address) + 3 > LINE else ""
+    return f"{phrase}{fold} <{address}>"
 
 
+@functools.lru_cache(maxsize=16)
 def list_id_header(list_id: str) -> str:
     """``Title <list.id>`` (RFC 2919) with the title quoted or encoded as needed."""
     phrase, _, rest = clean_text(list_id).rpartition("<")
@@ -116,6 +121,24 @@ def list_id_header(list_id: str) -> str:
     return _fold("List-Id", f"{_phrase('List-Id', phrase)} <{ident}>" if phrase else f"<{ident}>")
 
 
+@functools.lru_cache(maxsize=16)
+def _sender(sender: str) -> tuple[str, str]:
+    """The envelope address and the From header of a ``Name <address>`` sender (once per run)."""
+    name, address = parseaddr(clean_text(sender))
+    return address, mailbox("From", name, address)
+
+
+@functools.lru_cache(maxsize=1024)
+def _subject(subject: str) -> str:
+    return unstructured("Subject", header_text(subject, SUBJECT_LIMIT))
+
+
+@functools.lru_cache(maxsize=16)
+def _date(when: datetime) -> str:
+    return format_datetime(when)
+
+
+@functools.lru_cache(maxsize=1024)
 def _url(url: str) -> str:
     """A URL fit for ``<...>`` in List-Unsubscribe: ASCII, no spaces or angle brackets."""
     return quote(clean_text(url), safe=_URL_SAFE)
@@ -148,11 +171,36 @@ def quoted_printable(text: str) -> bytes:
     return CRLF.join(out)
 
 
-def _part(subtype: str, body: str) -> bytes:
+def _encoded_parts(parts: tuple[str, ...], whole: str) -> bytes:
+    """``quoted_printable(whole)``, from the encodings of its line-aligned parts (cached).
+
+    Encoding is line by line, so the encodings of parts that end at line ends join into the
+    encoding of the whole; a part shared by many emails is one object, hashed once. Parts
+    that are not line-aligned, or do not add up to ``whole``, are ignored.
+    """
+    cache = _qp_parts
+    if len(cache) > _QP_CACHE_LIMIT:
+        cache.clear()
+    out = []
+    size = 0
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        if i < last and part and part[-1] != "\n":
+            return quoted_printable(whole)
+        encoded = cache.get(part)
+        if encoded is None:
+            encoded = cache[part] = quoted_printable(part)
+        out.append(encoded)
+        size += len(part)
+    return b"".join(out) if parts and size == len(whole) else quoted_printable(whole)
+
+
+def _part(subtype: str, body: str, parts: tuple[str, ...]) -> bytes:
+    encoded = _encoded_parts(parts, body)
     return (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
         "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-    ).encode("ascii") + quoted_printable(body)
+    ).encode("ascii") + encoded
 
 
 # --- the message -----------------------------------------------------------------------------------
@@ -168,15 +216,13 @@ def compose_message(
     one_click: bool = False,
 ) -> OutgoingMessage:
     """The message for one subscriber: one recipient, multipart/alternative (text, then HTML)."""
-    sender_name, sender_addr = parseaddr(clean_text(sender))
-    recipient = clean_text(digest.subscriber)
-    if not (sender_addr.isascii() and recipient.isascii()):
-        return _compose_utf8(digest, rendered, sender, list_id, unsubscribe, one_click)
+    sender_addr, from_header = _sender(sender)
+    recipient = "".join(clean_text(digest.subscriber).split())
     headers = [
-        ("From", mailbox("From", sender_name, sender_addr)),
+        ("From", from_header),
         ("To", mailbox("To", digest.name, recipient)),
-        ("Subject", unstructured("Subject", header_text(rendered.subject, SUBJECT_LIMIT))),
-        ("Date", format_datetime(digest.created_at)),
+        ("Subject", _subject(rendered.subject)),
+        ("Date", _date(digest.created_at)),
         ("Message-ID", _message_id(digest.message_id)),
         ("List-Id", list_id_header(list_id)),
         ("List-Unsubscribe", ",\r\n ".join(f"<{_url(u)}>" for u in unsubscribe)),
@@ -189,50 +235,18 @@ def compose_message(
         ("MIME-Version", "1.0"),
         ("Content-Type", f'multipart/alternative;\r\n boundary="{boundary}"'),
     ]
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("ascii")
+    # An internationalised address is written as UTF-8 (RFC 6532); it needs an SMTPUTF8 server.
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("utf-8")
     delimiter = f"\r\n--{boundary}\r\n".encode("ascii")
     data = b"".join(
         [
             head,
             b"\r\n",  # no preamble: the first delimiter follows the blank line
             f"--{boundary}\r\n".encode("ascii"),
-            _part("plain", rendered.text),
+            _part("plain", rendered.text, rendered.text_parts),
             delimiter,
-            _part("html", rendered.html),
+            _part("html", rendered.html, rendered.html_parts),
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]
     )
     return OutgoingMessage(sender=sender_addr, recipient=recipient, message_id=digest.message_id, data=data)
-
-
-def _compose_utf8(
-    digest: Digest,
-    rendered: RenderedDigest,
-    sender: str,
-    list_id: str,
-    unsubscribe: list[str],
-    one_click: bool,
-) -> OutgoingMessage:
-    """An internationalised address needs SMTPUTF8 headers: built by the email package (slow, rare)."""
-    msg = EmailMessage(policy=SMTPUTF8)
-    sender_name, sender_addr = parseaddr(clean_text(sender))
-    msg["From"] = Address(header_text(sender_name, NAME_LIMIT), addr_spec=sender_addr)
-    msg["To"] = Address(header_text(digest.name or "", NAME_LIMIT), addr_spec=clean_text(digest.subscriber))
-    subject = header_text(rendered.subject, SUBJECT_LIMIT)
-    # An encoded word in a value would be decoded and re-folded unescaped on 3.11.7: defuse it.
-    msg["Subject"] = subject.replace("=?", "= ?")
-    msg["Date"] = format_datetime(digest.created_at)
-    msg["Message-ID"] = _message_id(digest.message_id)
-    msg["List-Id"] = clean_text(list_id).replace("=?", "= ?")
-    msg["List-Unsubscribe"] = ", ".join(f"<{_url(u)}>" for u in unsubscribe)
-    if one_click:
-        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(rendered.text, cte="quoted-printable")
-    msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
-    return OutgoingMessage(
-        sender=sender_addr,
-        recipient=clean_text(digest.subscriber),
-        message_id=digest.message_id,
-        data=msg.as_bytes(),
-    )

@@ -116,30 +116,53 @@ def without_media_rules(document: str) -> str:
 
 
 def _strip_media(css: str) -> str:
-    out, i, n = [], 0, len(css)
-    while i < n:
-        j = css.find("@media", i)
-        if j < 0:
-            out.append(css[i:])
-            break
-        out.append(css[i:j])
-        k = css.find("{", j)
-        if k < 0:
-            break
-        depth, k = 1, k + 1
-        while k < n and depth:
-            if css.startswith("/*", k):
-                k = css.find("*/", k + 2)
-                k = n if k < 0 else k + 2
-                continue
-            if css[k] in "\"'":
-                end = css.find(css[k], k + 1)
-                k = n if end < 0 else end + 1
-                continue
-            depth += {"{": 1, "}": -1}.get(css[k], 0)
-            k += 1
-        i = k
+    out, start, i, depth = [], 0, 0, 0
+    while i < len(css):
+        skipped = _skip_comment_or_string(css, i)
+        if skipped != i:
+            i = skipped
+        elif css[i] == "{":
+            depth, i = depth + 1, i + 1
+        elif css[i] == "}":
+            depth, i = depth - 1, i + 1
+        elif depth == 0 and css.startswith("@media", i):
+            out.append(css[start:i])
+            i = start = _block_end(css, i)
+        else:
+            i += 1
+    out.append(css[start:])
     return "".join(out)
+
+
+def _skip_comment_or_string(css: str, i: int) -> int:
+    """Where the comment or string starting at ``i`` ends (``i`` itself if none starts there)."""
+    if css.startswith("/*", i):
+        end = css.find("*/", i + 2)
+        return len(css) if end < 0 else end + 2
+    if css[i] in "\"'":
+        j = i + 1
+        while j < len(css) and css[j] != css[i]:
+            j += 2 if css[j] == "\\" else 1
+        return j + 1
+    return i
+
+
+def _block_end(css: str, i: int) -> int:
+    """The index just after the {...} block of the at-rule starting at ``i``."""
+    depth = 0
+    while i < len(css):
+        skipped = _skip_comment_or_string(css, i)
+        if skipped != i:
+            i = skipped
+            continue
+        if css[i] == "{":
+            depth += 1
+        elif css[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return i
 
 
 # --- shapes: pieces with their variable text taken out --------------------------------------
@@ -155,10 +178,14 @@ class Hole:
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """A piece of template output with placeholders where its values were."""
+    """A piece of template output with placeholders where its values were.
+
+    ``literals`` are the output between the values (one more than ``holes``).
+    """
 
     source: str
     holes: tuple[Hole, ...]
+    literals: tuple[str, ...]
 
 
 def shape_of(fragment: str) -> tuple[Shape, tuple[str, ...]]:
@@ -166,15 +193,20 @@ def shape_of(fragment: str) -> tuple[Shape, tuple[str, ...]]:
     out: list[str] = []
     holes: list[Hole] = []
     values: list[str] = []
+    literals: list[str] = []
     pos = 0
 
+    def hole(kind: Hole, value: str) -> None:
+        literals.append("".join(out))
+        out.clear()
+        holes.append(kind)
+        values.append(html.unescape(value))
+
     def text(chunk: str) -> None:
-        if not chunk or chunk.isspace() or not _simple(chunk):
+        if not chunk or chunk.isspace() or not _simple(chunk) or (chunk[0] == "\n" and _after_pre(out)):
             out.append(chunk)
-            return
-        out.append(TEXT_HOLE.format(len(holes)))
-        holes.append(Hole())
-        values.append(html.unescape(chunk))
+        else:
+            hole(Hole(), chunk)
 
     for m in _MARKUP.finditer(fragment):
         text(fragment[pos : m.start()])
@@ -183,19 +215,54 @@ def shape_of(fragment: str) -> tuple[Shape, tuple[str, ...]]:
             tag = _TAG_NAME.match(token)
             name = tag.group(1).lower() if tag else ""
 
-            def attribute(a: re.Match[str], name: str = name) -> str:
-                if not _simple(a.group(3)):
-                    return a.group(0)
-                placeholder = ATTR_HOLE.format(len(holes))
-                holes.append(Hole(name, a.group(2).lower()))
-                values.append(html.unescape(a.group(3)))
-                return a.group(1) + placeholder + a.group(4)
-
-            token = _VARIABLE_ATTR.sub(attribute, token)
+            start = 0
+            for a in _VARIABLE_ATTR.finditer(token):
+                if _simple(a.group(3)):
+                    out.append(token[start : a.start(3)])
+                    hole(Hole(name, a.group(2).lower()), a.group(3))
+                    start = a.end(3)
+            token = token[start:]
         out.append(token)
         pos = m.end()
     text(fragment[pos:])
-    return Shape("".join(out), tuple(holes)), tuple(values)
+    literals.append("".join(out))
+    source = "".join(
+        lit + (TEXT_HOLE if kind.tag is None else ATTR_HOLE).format(i)
+        for i, (lit, kind) in enumerate(zip(literals, holes, strict=False))
+    )
+    return Shape(source + literals[-1], tuple(holes), tuple(literals)), tuple(values)
+
+
+def _after_pre(out: list[str]) -> bool:
+    # A newline right after <pre> or <textarea> is dropped by HTML parsers: keep such text literal.
+    return bool(out) and re.match(r"<(?:pre|textarea|listing)\b", out[-1], re.I) is not None
+
+
+def match_shape(fragment: str, shape: Shape) -> tuple[str, ...] | None:
+    """The values of ``fragment`` if ``shape_of`` would give it ``shape``; else None.
+
+    Much cheaper than ``shape_of``: the literals are compared, not re-tokenised. A text value
+    runs to the next "<" (markup follows text), an attribute value to the next '"'.
+    """
+    literals = shape.literals
+    if not fragment.startswith(literals[0]):
+        return None
+    pos = len(literals[0])
+    values = []
+    for kind, literal in zip(shape.holes, literals[1:], strict=True):
+        end = fragment.find("<" if kind.tag is None else '"', pos)
+        if end < 0:
+            if kind.tag is not None or literal:
+                return None
+            end = len(fragment)
+        raw = fragment[pos:end]
+        if not fragment.startswith(literal, end) or not _simple(raw):
+            return None
+        if kind.tag is None and (not raw or raw.isspace()):
+            return None
+        values.append(html.unescape(raw) if "&" in raw else raw)
+        pos = end + len(literal)
+    return tuple(values) if pos == len(fragment) else None
 
 
 def _simple(chunk: str) -> bool:

@@ -116,11 +116,18 @@ class Digest:
 
 @dataclass(frozen=True, slots=True)
 class RenderedDigest:
-    """A digest as text: the subject line, the HTML part and the plain-text part."""
+    """A digest as text: the subject line, the HTML part and the plain-text part.
+
+    ``html_parts`` / ``text_parts``, when given, are the same text cut into pieces at line
+    ends (every piece but the last ends with a newline); pieces shared by many emails are
+    the same objects, so ``compose`` can encode each once per run.
+    """
 
     subject: str
     html: str
     text: str
+    html_parts: tuple[str, ...] = ()
+    text_parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,8 @@ premailer call for everything the batch needs that the run has not inlined yet);
 
 from __future__ import annotations
 
+import functools
 import logging
-import textwrap
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +41,7 @@ from markupsafe import Markup
 
 from .config import Settings
 from .errors import RenderError
-from .inline import Inlined, Shape, inline_css, inline_pieces, piecewise_blockers, shape_of
+from .inline import Inlined, Shape, inline_css, inline_pieces, match_shape, piecewise_blockers, shape_of
 from .models import Digest, Entry, Match, RenderedDigest
 from .summary import highlight_html, highlight_text, html_to_text, sanitize_html, shorten_html
 from .text import clean_text, has_control
@@ -169,6 +169,21 @@ class _NotPiecewise(Exception):
     """This digest's templates cannot be assembled from pieces (inline the whole email)."""
 
 
+def _render(template: jinja2.Template, context: dict[str, Any]) -> str:
+    """``template.render(context)``, minus the ~20 µs Jinja spends copying its globals per call."""
+    ctx = template.new_context({**_globals(template), **context}, shared=True)
+    try:
+        return str(template.environment.concat(template.root_render_func(ctx)))
+    except Exception:
+        template.environment.handle_exception()  # re-raises with the template's file and line
+        raise
+
+
+@functools.lru_cache(maxsize=64)
+def _globals(template: jinja2.Template) -> dict[str, Any]:
+    return dict(template.globals)
+
+
 @dataclass(slots=True)
 class _Frame:
     """A template's output cut where its stubbed partials were: parts[0] slot parts[1]..."""
@@ -184,8 +199,7 @@ def _render_frame(template: jinja2.Template, context: dict[str, Any], items: Seq
         included.append(item)
         return Markup(SLOT)
 
-    out = template.render({**context, "__slot__": slot})
-    parts = out.split(SLOT)
+    parts = _render(template, {**context, "__slot__": slot}).split(SLOT)
     if len(parts) != len(included) + 1:
         raise _NotPiecewise(f"{template.name}: a slot marker was written outside a slot")
     slots = []
@@ -198,172 +212,167 @@ def _render_frame(template: jinja2.Template, context: dict[str, Any], items: Seq
 
 
 @dataclass(slots=True)
-class _HtmlLayout:
-    """A subscriber's layout: head and tail shapes with their values, section order, gaps."""
+class _HtmlFrame:
+    """An HTML frame (layout or topic) as shapes: head, slots with whitespace gaps, tail."""
 
     head: Shape
     head_values: tuple[str, ...]
-    tail: Shape | None
-    tail_values: tuple[str, ...]
-    gaps: list[str]  # whitespace between sections
-    sections: list[int]
-
-    @property
-    def key(self) -> tuple[str, str | None]:
-        return (self.head.source, self.tail.source if self.tail else None)
-
-
-@dataclass(slots=True)
-class _HtmlTopic:
-    """A section's frame: shapes, values, entry order and the whitespace between entries."""
-
-    head: Shape
-    head_values: tuple[str, ...]
-    tail: Shape | None
+    tail: Shape | None  # None when nothing was included (no slot)
     tail_values: tuple[str, ...]
     gaps: list[str]
-    entries: list[int]
-
-    @property
-    def key(self) -> tuple[str, str | None]:
-        return (self.head.source, self.tail.source if self.tail else None)
+    slots: list[int]
+    head_id: int = 0
+    tail_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class _FilledTopic:
-    """A section's inlined frame with its values filled in, as shared by every subscriber."""
+    """A section's inlined frame with its values filled in, shared by every subscriber."""
 
     head: str
     tail: str
     gaps: list[str]
-    entries: list[int]
-    context: str  # the topic head's shape: part of the entries' cache key
+    slots: list[int]
+    head_id: int  # the topic head's shape: part of its entries' cache key
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _TextPiece:
     raw: str
     wrapped: str
 
 
-@dataclass(slots=True)
-class _TextTopic:
+@dataclass(frozen=True, slots=True)
+class _TextFrame:
     parts: list[_TextPiece]
-    entries: list[int]
+    slots: list[int]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What rendering one digest needs, worked out once (by ``prepare``, reused by ``render``)."""
+
+    context: dict[str, Any]
+    layout: _HtmlFrame | None  # None: this digest is inlined whole
+    ctx: int = 0  # the layout head's id: the context of every piece in this email
 
 
 @dataclass(slots=True)
 class _Need:
     """What one catalogue (one layout context) must inline."""
 
-    layouts: dict[tuple[str, str | None], _HtmlLayout] = field(default_factory=dict)
-    frames: dict[tuple[str, str | None], _HtmlTopic] = field(default_factory=dict)
-    entries: dict[str, dict[tuple[Any, ...], str]] = field(default_factory=dict)  # by topic head
+    layout: _HtmlFrame
+    layouts: dict[tuple[int, int], _HtmlFrame] = field(default_factory=dict)
+    frames: dict[tuple[int, int], _HtmlFrame] = field(default_factory=dict)
+    entries: dict[int, dict[int, str]] = field(default_factory=dict)  # by topic head id
 
 
 class Renderer:
     """Renders digests for one run; per-entry and per-topic work is done once per run."""
 
+    MEMO = 1024  # plans kept from ``prepare`` for ``render`` (a few claim batches)
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         override = settings.digest.templates
         self.env = template_environment(override)
-        self._layout_env = template_environment(override, stubs=(TOPIC_HTML, TOPIC_TEXT))
-        self._topic_env = template_environment(override, stubs=(ENTRY_HTML, ENTRY_TEXT))
+        layout_env = template_environment(override, stubs=(TOPIC_HTML, TOPIC_TEXT))
+        topic_env = template_environment(override, stubs=(ENTRY_HTML, ENTRY_TEXT))
         try:
             self.templates = {name: self.env.get_template(name) for name in TEMPLATES}
-            self._layout_templates = {n: self._layout_env.get_template(n) for n in (LAYOUT_HTML, LAYOUT_TEXT)}
-            self._topic_templates = {n: self._topic_env.get_template(n) for n in (TOPIC_HTML, TOPIC_TEXT)}
+            self._layout_templates = {n: layout_env.get_template(n) for n in (LAYOUT_HTML, LAYOUT_TEXT)}
+            self._topic_templates = {n: topic_env.get_template(n) for n in (TOPIC_HTML, TOPIC_TEXT)}
         except jinja2.TemplateError as exc:
             raise template_error(exc) from exc
         logging.getLogger("CSSUTILS").setLevel(logging.CRITICAL)
+        self._title = clean_text(settings.digest.title)
         self._zones = {s.email.lower(): settings.zone_of(s) for s in settings.subscribers}
         self._dates: dict[tuple[datetime, str], str] = {}
-        self._views: dict[tuple[int, str, tuple[str, ...]], EntryView] = {}
-        # piecewise state
+        self._views: dict[tuple[int, str, str, tuple[str, ...]], EntryView] = {}
         self.whole = False  # True: every email is inlined whole (set when pieces cannot be used)
+        self.premailer_calls = 0
         self._checked = not override  # overrides get one whole-vs-pieces comparison per run
         self._warned: set[str] = set()
-        self._html_topics: dict[tuple[Any, ...], _HtmlTopic] = {}
-        self._entry_sources: dict[tuple[Any, ...], str] = {}
-        self._layouts: dict[tuple[str, str | None], tuple[Inlined, Inlined | None]] = {}
-        self._frames: dict[tuple[str, str, str | None], tuple[Inlined, Inlined | None]] = {}
-        self._entries: dict[tuple[str, str, tuple[Any, ...]], str] = {}
-        self._filled: dict[tuple[str, tuple[Any, ...]], _FilledTopic] = {}
-        self._css_checked: set[str] = set()
-        self._text_topics: dict[tuple[Any, ...], _TextTopic] = {}
-        self._text_entries: dict[tuple[Any, ...], _TextPiece] = {}
-        self.premailer_calls = 0
+        self._memo: dict[tuple[str, str], tuple[Digest, _Plan]] = {}
+        self._ids: dict[str, int] = {}  # shape source -> small id, for cheap cache keys
+        self._hints: list[tuple[Shape, Shape | None]] = []  # recent layout shapes, tried first
+        self._css_checked: set[int] = set()
+        # HTML: frames per (topic, title, count, more); entry sources; inlined pieces by context
+        self._topic_frames: dict[tuple[Any, ...], _HtmlFrame] = {}
+        self._entry_sources: dict[int, str] = {}
+        self._layouts: dict[tuple[int, int], tuple[Inlined, Inlined | None]] = {}
+        self._frames: dict[tuple[int, int, int], tuple[Inlined, Inlined | None]] = {}
+        self._entries: dict[tuple[int, int, int], str] = {}
+        self._filled: dict[tuple[int, tuple[Any, ...]], _FilledTopic] = {}
+        # text: frames and entries, raw and wrapped
+        self._text_frames: dict[tuple[Any, ...], _TextFrame] = {}
+        self._text_entries: dict[int, _TextPiece] = {}
 
-    # --- public -------------------------------------------------------------------------------
+    # --- public ---------------------------------------------------------------------------------
 
     def prepare(self, digests: Iterable[Digest]) -> None:
         """Inline, in as few premailer calls as possible, every piece these digests need."""
-        if self.whole:
-            return
-        needs: dict[str, _Need] = {}
-        known_layouts: dict[str, _HtmlLayout] = {}
+        needs: dict[int, _Need] = {}
         for digest in digests:
+            if self.whole:
+                return
             try:
-                context = self._context(digest)
-                layout = self._html_layout(context)
-                topics = [self._html_topic(context["sections"][i]) for i in layout.sections]
+                plan = self._plan(digest)
+                self._remember(digest, plan)
+                if plan.layout is None or self._blocked(plan):
+                    continue
+                self._collect(plan, needs)
             except (_NotPiecewise, jinja2.TemplateError, TypeError, ValueError, AttributeError):
                 continue  # ``render`` reports it for this digest alone
-            if self._blocked(layout):
-                return
-            ctx = layout.head.source
-            need = needs.setdefault(ctx, _Need())
-            known_layouts.setdefault(ctx, layout)
-            if layout.key not in self._layouts:
-                need.layouts.setdefault(layout.key, layout)
-            for index, topic in zip(layout.sections, topics, strict=True):
-                section = context["sections"][index]
-                if (ctx, *topic.key) not in self._frames:
-                    need.frames.setdefault(topic.key, topic)
-                for e in topic.entries:
-                    key = self._entry_key(section, section.entries[e])
-                    if (ctx, topic.head.source, key) not in self._entries:
-                        need.entries.setdefault(topic.head.source, {})[key] = self._entry_source(section, e)
-                        need.frames.setdefault(topic.key, topic)  # entries need a frame of their kind
         for ctx, need in needs.items():
+            if self.whole:
+                return
             try:
-                self._inline_catalogue(ctx, need, known_layouts[ctx])
+                self._inline_catalogue(ctx, need)
             except (ValueError, etree.LxmlError) as exc:
                 self._warn("catalogue", f"inlining pieces failed ({exc}): inlining every email whole")
                 self.whole = True
-                return
 
     def render(self, digest: Digest) -> RenderedDigest:
         """Subject, inlined HTML and wrapped text for one digest."""
+        key = (digest.message_id, digest.subscriber)
         try:
-            context = self._context(digest)
-            html = None if self.whole else self._assembled_html(digest, context)
-            if html is None:
-                html = inline_css(self.templates[LAYOUT_HTML].render(context))
-                self.premailer_calls += 1
-            elif not self._checked and digest.sections:
-                self._checked = True
-                whole = inline_css(self.templates[LAYOUT_HTML].render(context))
-                self.premailer_calls += 1
-                if whole != html:
-                    self._warn("check", "the email assembled from pieces differs from the whole email")
-                    self.whole = True
-                    html = whole
-            text = self._assembled_text(context)
+            memo = self._memo.pop(key, None)
+            plan = memo[1] if memo is not None and memo[0] == digest else self._plan(digest)
+            context = plan.context
+            html_parts = self._assembled_html(digest, plan)
+            if html_parts is None:
+                html = self._whole_html(context)
+            else:
+                html = "".join(html_parts)
+                if not self._checked and digest.sections:
+                    self._checked = True
+                    whole = self._whole_html(context)
+                    if whole != html:
+                        self._warn("check", "an email assembled from pieces differs from the whole email")
+                        self.whole = True
+                        html, html_parts = whole, None
+            text, text_parts = self._assembled_text(context)
         except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
             raise template_error(exc) from exc
-        return RenderedDigest(subject=context["subject"], html=html, text=text)
+        finally:
+            self._memo.pop(key, None)  # a prepare made for this digest alone leaves nothing behind
+        return RenderedDigest(
+            subject=context["subject"],
+            html=html,
+            text=text,
+            html_parts=tuple(html_parts or ()),
+            text_parts=text_parts,
+        )
 
     def render_whole(self, digest: Digest) -> RenderedDigest:
         """The same email rendered in one piece and inlined by one premailer call (slow)."""
         try:
             context = self._context(digest)
-            html = inline_css(self.templates[LAYOUT_HTML].render(context))
-            text = wrap_text(self.templates[LAYOUT_TEXT].render(context))
+            html = self._whole_html(context)
+            text = wrap_text(_render(self.templates[LAYOUT_TEXT], context))
         except (jinja2.TemplateError, TypeError, ValueError, AttributeError) as exc:
             raise template_error(exc) from exc
-        self.premailer_calls += 1
         return RenderedDigest(subject=context["subject"], html=html, text=text)
 
     # --- context --------------------------------------------------------------------------------
@@ -374,13 +383,13 @@ class Renderer:
             SectionView(
                 topic=section.topic,
                 title=clean_text(section.title),
-                entries=tuple(self._view(m) for m in section.matches),
+                entries=tuple(self._view(m, section.title) for m in section.matches),
                 more=section.more,
             )
             for section in digest.sections
         ]
-        context = {
-            "title": clean_text(self.settings.digest.title),
+        context: dict[str, Any] = {
+            "title": self._title,
             "date": self._date(digest),
             "subscriber": {"email": digest.subscriber, "name": clean_text(digest.name or "")},
             "sections": sections,
@@ -391,8 +400,8 @@ class Renderer:
             "preheader": "",
             "subject": "",
         }
-        context["subject"] = clean_text(self.templates[SUBJECT].render(context))
-        context["preheader"] = clean_text(self.templates[PREHEADER].render(context))
+        context["subject"] = clean_text(_render(self.templates[SUBJECT], context))
+        context["preheader"] = clean_text(_render(self.templates[PREHEADER], context))
         return context
 
     def _date(self, digest: Digest) -> str:
@@ -404,8 +413,8 @@ class Renderer:
             date = self._dates[key] = f"{local:%A} {local.day} {local:%B %Y}"
         return date
 
-    def _view(self, match: Match) -> EntryView:
-        key = (match.entry.id, match.topic, match.hits)
+    def _view(self, match: Match, section_title: str) -> EntryView:
+        key = (match.entry.id, match.topic, section_title, match.hits)
         view = self._views.get(key)
         if view is None:
             view = self._views[key] = entry_view(
@@ -417,60 +426,108 @@ class Renderer:
         return view
 
     @staticmethod
-    def _entry_key(section: SectionView, entry: EntryView) -> tuple[Any, ...]:
-        # Views live as long as the renderer (``_views``), so their id names one entry-with-hits.
-        return (section.topic, section.title, id(entry))
+    def _entry_key(section: SectionView, entry: EntryView) -> int:
+        # A view is made once per (entry, topic, section title, hits) and lives as long as the
+        # renderer (``_views``): its id names exactly one entry piece.
+        return id(entry)
 
-    # --- HTML from pieces -------------------------------------------------------------------------
+    @staticmethod
+    def _topic_key(section: SectionView) -> tuple[Any, ...]:
+        return (section.topic, section.title, section.count, section.more)
 
-    def _html_layout(self, context: dict[str, Any]) -> _HtmlLayout:
+    def _id(self, source: str) -> int:
+        return self._ids.setdefault(source, len(self._ids) + 1)
+
+    def _warn(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning("render warning=%r", message)
+
+    # --- planning -------------------------------------------------------------------------------
+
+    def _plan(self, digest: Digest) -> _Plan:
+        context = self._context(digest)
+        if self.whole:
+            return _Plan(context, None)
+        try:
+            layout = self._layout_frame(context)
+        except _NotPiecewise as exc:
+            self._warn("layout", f"{exc}: inlining such emails whole, which is slow")
+            return _Plan(context, None)
+        return _Plan(context, layout, layout.head_id)
+
+    def _remember(self, digest: Digest, plan: _Plan) -> None:
+        if len(self._memo) >= self.MEMO:
+            del self._memo[next(iter(self._memo))]
+        self._memo[(digest.message_id, digest.subscriber)] = (digest, plan)
+
+    def _layout_frame(self, context: dict[str, Any]) -> _HtmlFrame:
         frame = _render_frame(self._layout_templates[LAYOUT_HTML], context, context["sections"])
         gaps = frame.parts[1:-1]
         if any(gap and not gap.isspace() for gap in gaps):
             raise _NotPiecewise(f"{LAYOUT_HTML}: markup between sections")
-        head, head_values = shape_of(frame.parts[0])
-        tail, tail_values = shape_of(frame.parts[-1]) if frame.slots else (None, ())
-        return _HtmlLayout(head, head_values, tail, tail_values, gaps, frame.slots)
+        head_text, tail_text = frame.parts[0], frame.parts[-1] if frame.slots else None
+        for head, tail in self._hints:  # most subscribers' layouts share a shape: compare, don't parse
+            head_values = match_shape(head_text, head)
+            if head_values is None or (tail is None) != (tail_text is None):
+                continue
+            tail_values = match_shape(tail_text, tail) if tail is not None and tail_text is not None else ()
+            if tail_values is not None:
+                return self._html_frame(head, head_values, tail, tail_values, gaps, frame.slots)
+        head, head_values = shape_of(head_text)
+        tail, tail_values = shape_of(tail_text) if tail_text is not None else (None, ())
+        self._hints = [(head, tail), *self._hints[:3]]
+        return self._html_frame(head, head_values, tail, tail_values, gaps, frame.slots)
 
-    def _topic_key(self, section: SectionView) -> tuple[Any, ...]:
-        return (section.topic, section.title, section.count, section.more)
+    def _html_frame(
+        self,
+        head: Shape,
+        head_values: tuple[str, ...],
+        tail: Shape | None,
+        tail_values: tuple[str, ...],
+        gaps: list[str],
+        slots: list[int],
+    ) -> _HtmlFrame:
+        tail_id = self._id(tail.source) if tail is not None else 0
+        return _HtmlFrame(head, head_values, tail, tail_values, gaps, slots, self._id(head.source), tail_id)
 
-    def _html_topic(self, section: SectionView) -> _HtmlTopic:
+    def _topic_frame(self, section: SectionView) -> _HtmlFrame:
         key = self._topic_key(section)
-        topic = self._html_topics.get(key)
-        if topic is None:
-            context = {"section": section, "title": clean_text(self.settings.digest.title)}
-            frame = _render_frame(self._topic_templates[TOPIC_HTML], context, section.entries)
-            gaps = frame.parts[1:-1]
+        frame = self._topic_frames.get(key)
+        if frame is None:
+            context = {"section": section, "title": self._title}
+            out = _render_frame(self._topic_templates[TOPIC_HTML], context, section.entries)
+            gaps = out.parts[1:-1]
             if any(gap and not gap.isspace() for gap in gaps):
                 raise _NotPiecewise(f"{TOPIC_HTML}: markup between entries")
-            head, head_values = shape_of(frame.parts[0])
-            tail, tail_values = shape_of(frame.parts[-1]) if frame.slots else (None, ())
-            topic = self._html_topics[key] = _HtmlTopic(
-                head, head_values, tail, tail_values, gaps, frame.slots
+            head, head_values = shape_of(out.parts[0])
+            tail, tail_values = shape_of(out.parts[-1]) if out.slots else (None, ())
+            frame = self._topic_frames[key] = self._html_frame(
+                head, head_values, tail, tail_values, gaps, out.slots
             )
-        return topic
+        return frame
 
-    def _entry_source(self, section: SectionView, index: int) -> str:
-        entry = section.entries[index]
+    def _entry_source(self, section: SectionView, entry: EntryView) -> str:
         key = self._entry_key(section, entry)
         source = self._entry_sources.get(key)
         if source is None:
             context = {
                 "entry": entry,
                 "section": SectionRef(section.topic, section.title),
-                "title": clean_text(self.settings.digest.title),
+                "title": self._title,
             }
-            source = self._entry_sources[key] = self.templates[ENTRY_HTML].render(context)
+            source = self._entry_sources[key] = _render(self.templates[ENTRY_HTML], context)
         return source
 
-    def _blocked(self, layout: _HtmlLayout) -> bool:
+    def _blocked(self, plan: _Plan) -> bool:
+        """Whether this layout's stylesheet forbids piecewise inlining (then: whole, warned)."""
         if self.whole:
             return True
-        if layout.key in self._layouts or layout.head.source in self._css_checked:
+        if plan.ctx in self._css_checked:
             return False
-        self._css_checked.add(layout.head.source)
-        blockers = piecewise_blockers(layout.head.source)
+        self._css_checked.add(plan.ctx)
+        assert plan.layout is not None
+        blockers = piecewise_blockers(plan.layout.head.source)
         if blockers:
             self._warn(
                 "css",
@@ -480,127 +537,144 @@ class Renderer:
             self.whole = True
         return self.whole
 
-    def _inline_catalogue(self, ctx: str, need: _Need, known: _HtmlLayout) -> None:
-        layouts = list(need.layouts.values())
-        first = layouts[0] if layouts else known
-        for extra in layouts[1:]:  # another tail for the same head: its own small call
-            outputs = self._premailer([extra.head.source] + ([extra.tail.source] if extra.tail else []))
-            self._store_layout(extra, outputs[0], outputs[1] if extra.tail else None)
-        pieces = [first.head.source]
-        plan: list[tuple[str, Any]] = []
-        if first.tail is not None:  # a layout without sections has no slot for pieces
-            placed: set[str] = set()
-            for key, topic in need.frames.items():
-                pieces.append(topic.head.source)
-                plan.append(("head", key))
-                if topic.head.source not in placed:
-                    placed.add(topic.head.source)
-                    for entry_key, source in need.entries.get(topic.head.source, {}).items():
-                        pieces.append(source)
-                        plan.append(("entry", (topic.head.source, entry_key)))
-                if topic.tail is not None:
-                    pieces.append(topic.tail.source)
-                    plan.append(("tail", key))
-            pieces.append(first.tail.source)
-        if not plan and not layouts:
-            return
-        outputs = self._premailer(pieces, keep_media=bool(layouts))
-        if layouts:
-            self._store_layout(first, outputs[0], outputs[-1] if first.tail else None)
-        heads: dict[tuple[str, str | None], Inlined] = {}
-        body = outputs[1:-1] if first.tail is not None else outputs[1:]
-        for (kind, key), output in zip(plan, body, strict=True):
-            if kind == "head":
-                heads[key] = Inlined.compile(output, need.frames[key].head)
-                if need.frames[key].tail is None:
-                    self._frames[(ctx, *key)] = (heads[key], None)
-            elif kind == "tail":
-                tail = need.frames[key].tail
-                assert tail is not None  # only frames with a tail have a "tail" piece
-                self._frames[(ctx, *key)] = (heads[key], Inlined.compile(output, tail))
-            else:
-                self._entries[(ctx, *key)] = output
+    def _collect(self, plan: _Plan, needs: dict[int, _Need]) -> None:
+        """Note in ``needs`` every piece of this digest not inlined yet."""
+        layout = plan.layout
+        assert layout is not None
+        ctx = plan.ctx
+        need = needs.get(ctx)
+        if need is None:
+            need = needs[ctx] = _Need(layout)
+        if (layout.head_id, layout.tail_id) not in self._layouts:
+            need.layouts.setdefault((layout.head_id, layout.tail_id), layout)
+        sections = plan.context["sections"]
+        for index in layout.slots:
+            section = sections[index]
+            topic = self._topic_frame(section)
+            key = (topic.head_id, topic.tail_id)
+            if (ctx, *key) not in self._frames:
+                need.frames.setdefault(key, topic)
+            for e in topic.slots:
+                entry_key = self._entry_key(section, section.entries[e])
+                if (ctx, topic.head_id, entry_key) not in self._entries:
+                    source = self._entry_source(section, section.entries[e])
+                    need.entries.setdefault(topic.head_id, {})[entry_key] = source
+                    need.frames.setdefault(key, topic)  # entries are inlined inside a frame of their kind
 
-    def _store_layout(self, layout: _HtmlLayout, head: str, tail: str | None) -> None:
-        self._layouts[layout.key] = (
-            Inlined.compile(head, layout.head),
-            Inlined.compile(tail, layout.tail) if layout.tail is not None and tail is not None else None,
-        )
+    # --- inlining ---------------------------------------------------------------------------------
 
     def _premailer(self, pieces: list[str], *, keep_media: bool = True) -> list[str]:
         self.premailer_calls += 1
         return inline_pieces(pieces, keep_media=keep_media)
 
-    def _assembled_html(self, digest: Digest, context: dict[str, Any]) -> str | None:
-        try:
-            layout = self._html_layout(context)
-        except _NotPiecewise as exc:
-            self._warn("layout", f"{exc}: inlining such emails whole, which is slow")
-            return None
-        sections = context["sections"]
-        if not self._ready(layout, sections):
-            self.prepare([digest])
-            if self.whole:
+    def _whole_html(self, context: dict[str, Any]) -> str:
+        self.premailer_calls += 1
+        return inline_css(_render(self.templates[LAYOUT_HTML], context))
+
+    def _inline_catalogue(self, ctx: int, need: _Need) -> None:
+        """One premailer call: a layout with, in its slot, every needed topic frame and entry."""
+        layouts = list(need.layouts.values())
+        for extra in layouts[1:]:  # another tail for the same head: its own small call
+            outputs = self._premailer([extra.head.source] + ([extra.tail.source] if extra.tail else []))
+            self._store_layout(extra, outputs)
+        layout = layouts[0] if layouts else need.layout
+        pieces = [layout.head.source]
+        plan: list[tuple[str, Any]] = []
+        if layout.tail is not None:  # a layout without sections has no slot for pieces
+            placed: set[int] = set()
+            for key, topic in need.frames.items():
+                pieces.append(topic.head.source)
+                plan.append(("head", key))
+                if topic.head_id not in placed:
+                    placed.add(topic.head_id)
+                    for entry_key, source in need.entries.get(topic.head_id, {}).items():
+                        pieces.append(source)
+                        plan.append(("entry", (topic.head_id, entry_key)))
+                if topic.tail is not None:
+                    pieces.append(topic.tail.source)
+                    plan.append(("tail", key))
+            pieces.append(layout.tail.source)
+        if not plan and not layouts:
+            return
+        outputs = self._premailer(pieces, keep_media=bool(layouts))
+        if layouts:
+            self._store_layout(layout, [outputs[0], outputs[-1]] if layout.tail else outputs)
+        heads: dict[tuple[int, int], Inlined] = {}
+        body = outputs[1:-1] if layout.tail is not None else outputs[1:]
+        for (kind, key), output in zip(plan, body, strict=True):
+            if kind == "entry":
+                self._entries[(ctx, *key)] = output
+                continue
+            frame = need.frames[key]
+            if kind == "head":
+                heads[key] = Inlined.compile(output, frame.head)
+                if frame.tail is None:
+                    self._frames[(ctx, *key)] = (heads[key], None)
+            else:
+                assert frame.tail is not None  # only frames with a tail have a "tail" piece
+                self._frames[(ctx, *key)] = (heads[key], Inlined.compile(output, frame.tail))
+
+    def _store_layout(self, layout: _HtmlFrame, outputs: list[str]) -> None:
+        tail = Inlined.compile(outputs[1], layout.tail) if layout.tail is not None else None
+        self._layouts[(layout.head_id, layout.tail_id)] = (Inlined.compile(outputs[0], layout.head), tail)
+
+    # --- assembling -------------------------------------------------------------------------------
+
+    def _assembled_html(self, digest: Digest, plan: _Plan) -> list[str] | None:
+        """The inlined HTML as line-aligned parts, or None when it must be inlined whole."""
+        for attempt in (1, 2):
+            if self.whole or plan.layout is None:
                 return None
-            if not self._ready(layout, sections):
-                raise RenderError("internal error: prepared pieces are missing")
-        ctx = layout.head.source
-        head, tail = self._layouts[layout.key]
+            try:
+                return self._assemble_html(plan)
+            except _NotPiecewise as exc:
+                self._warn("topic", f"{exc}: inlining such emails whole, which is slow")
+                return None
+            except KeyError:
+                if attempt == 1:
+                    self.prepare([digest])  # not prepared (or only partly): one premailer call now
+        self._warn("missing", "pieces missing after prepare: inlining such emails whole")
+        return None
+
+    def _assemble_html(self, plan: _Plan) -> list[str]:
+        layout = plan.layout
+        assert layout is not None
+        head, tail = self._layouts[(layout.head_id, layout.tail_id)]
+        sections = plan.context["sections"]
         out = [head.fill(layout.head_values)]
-        for n, index in enumerate(layout.sections):
-            if n:
+        for n, index in enumerate(layout.slots):
+            if n and layout.gaps[n - 1]:
                 out.append(layout.gaps[n - 1])
-            out.append(self._section_html(ctx, sections[index]))
+            self._section_html(plan.ctx, sections[index], out)
         if tail is not None:
             out.append(tail.fill(layout.tail_values))
-        return "".join(out)
+        return out
 
-    def _ready(self, layout: _HtmlLayout, sections: list[SectionView]) -> bool:
-        if layout.key not in self._layouts:
-            return False
-        ctx = layout.head.source
-        for index in layout.sections:
-            section = sections[index]
-            try:
-                topic = self._html_topic(section)
-            except _NotPiecewise:
-                return False
-            if (ctx, *topic.key) not in self._frames:
-                return False
-            for e in topic.entries:
-                if (
-                    ctx,
-                    topic.head.source,
-                    self._entry_key(section, section.entries[e]),
-                ) not in self._entries:
-                    return False
-        return True
-
-    def _section_html(self, ctx: str, section: SectionView) -> str:
+    def _section_html(self, ctx: int, section: SectionView, out: list[str]) -> None:
         key = (ctx, self._topic_key(section))
         filled = self._filled.get(key)
         if filled is None:
-            topic = self._html_topic(section)
-            head, tail = self._frames[(ctx, *topic.key)]
+            topic = self._topic_frame(section)
+            head, tail = self._frames[(ctx, topic.head_id, topic.tail_id)]
             filled = self._filled[key] = _FilledTopic(
                 head.fill(topic.head_values),
                 tail.fill(topic.tail_values) if tail is not None else "",
                 topic.gaps,
-                topic.entries,
-                topic.head.source,
+                topic.slots,
+                topic.head_id,
             )
-        out = [filled.head]
         entries = self._entries
-        for n, e in enumerate(filled.entries):
-            if n:
+        views = section.entries
+        out.append(filled.head)
+        for n, e in enumerate(filled.slots):
+            if n and filled.gaps[n - 1]:
                 out.append(filled.gaps[n - 1])
-            out.append(entries[(ctx, filled.context, self._entry_key(section, section.entries[e]))])
-        out.append(filled.tail)
-        return "".join(out)
+            out.append(entries[(ctx, filled.head_id, id(views[e]))])
+        if filled.tail:
+            out.append(filled.tail)
 
-    # --- text from pieces ---------------------------------------------------------------------------
-
-    def _assembled_text(self, context: dict[str, Any]) -> str:
+    def _assembled_text(self, context: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+        """The wrapped text part, and the same as line-aligned parts (or () if not aligned)."""
         sections = context["sections"]
         try:
             frame = _render_frame(self._layout_templates[LAYOUT_TEXT], context, sections)
@@ -608,53 +682,55 @@ class Renderer:
             wrapped = [_wrap_lines(frame.parts[0])]
             for n, index in enumerate(frame.slots):
                 section = sections[index]
-                topic = self._text_topic(section)
+                topic = self._text_frame(section)
                 raw.append(topic.parts[0].raw)
                 wrapped.append(topic.parts[0].wrapped)
-                for k, e in enumerate(topic.entries):
-                    piece = self._text_entry(section, e)
-                    raw.append(piece.raw)
-                    wrapped.append(piece.wrapped)
+                for k, e in enumerate(topic.slots):
+                    piece = self._text_entry(section, section.entries[e])
                     gap = topic.parts[k + 1]
-                    raw.append(gap.raw)
-                    wrapped.append(gap.wrapped)
+                    raw += (piece.raw, gap.raw)
+                    wrapped += (piece.wrapped, gap.wrapped)
                 raw.append(frame.parts[n + 1])
                 wrapped.append(_wrap_lines(frame.parts[n + 1]))
         except _NotPiecewise as exc:
             self._warn("text", f"{exc}: rendering such text parts whole")
-            return wrap_text(self.templates[LAYOUT_TEXT].render(context))
-        if all(part.endswith("\n") for part in raw[:-1] if part):
-            return "".join(wrapped).strip("\n") + "\n"
-        return wrap_text("".join(raw))  # a piece ends mid-line: wrap the joined text
+            return wrap_text(_render(self.templates[LAYOUT_TEXT], context)), ()
+        if not all(part.endswith("\n") for part in raw[:-1] if part):
+            return wrap_text("".join(raw)), ()  # a piece ends mid-line: wrap the joined text
+        # wrap_text strips leading and trailing newlines: do it on the first and last parts
+        while wrapped and not wrapped[0].lstrip("\n"):
+            wrapped.pop(0)
+        while wrapped and not wrapped[-1].rstrip("\n"):
+            wrapped.pop()
+        if not wrapped:
+            return "\n", ("\n",)
+        wrapped[0] = wrapped[0].lstrip("\n")
+        wrapped[-1] = wrapped[-1].rstrip("\n") + "\n"
+        return "".join(wrapped), tuple(part for part in wrapped if part)
 
-    def _text_topic(self, section: SectionView) -> _TextTopic:
+    def _text_frame(self, section: SectionView) -> _TextFrame:
         key = self._topic_key(section)
-        topic = self._text_topics.get(key)
-        if topic is None:
-            context = {"section": section, "title": clean_text(self.settings.digest.title)}
-            frame = _render_frame(self._topic_templates[TOPIC_TEXT], context, section.entries)
-            parts = [_TextPiece(p, _wrap_lines(p)) for p in frame.parts]
-            topic = self._text_topics[key] = _TextTopic(parts, frame.slots)
-        return topic
+        frame = self._text_frames.get(key)
+        if frame is None:
+            context = {"section": section, "title": self._title}
+            out = _render_frame(self._topic_templates[TOPIC_TEXT], context, section.entries)
+            frame = self._text_frames[key] = _TextFrame(
+                [_TextPiece(p, _wrap_lines(p)) for p in out.parts], out.slots
+            )
+        return frame
 
-    def _text_entry(self, section: SectionView, index: int) -> _TextPiece:
-        entry = section.entries[index]
+    def _text_entry(self, section: SectionView, entry: EntryView) -> _TextPiece:
         key = self._entry_key(section, entry)
         piece = self._text_entries.get(key)
         if piece is None:
             context = {
                 "entry": entry,
                 "section": SectionRef(section.topic, section.title),
-                "title": clean_text(self.settings.digest.title),
+                "title": self._title,
             }
-            raw = self.templates[ENTRY_TEXT].render(context)
+            raw = _render(self.templates[ENTRY_TEXT], context)
             piece = self._text_entries[key] = _TextPiece(raw, _wrap_lines(raw))
         return piece
-
-    def _warn(self, kind: str, message: str) -> None:
-        if kind not in self._warned:
-            self._warned.add(kind)
-            log.warning("render warning=%r", message)
 
 
 # --- entries -------------------------------------------------------------------------------------
@@ -714,21 +790,27 @@ def unsubscribe_url(settings: Settings, email: str) -> str:
 
 
 def _wrap_line(line: str, width: int) -> list[str]:
+    """One line wrapped at ``width`` (greedy, at spaces), keeping its indent; words never break."""
     if len(line) <= width:
         return [line.rstrip()]
-    indent = line[: len(line) - len(line.lstrip())]
-    stripped = line.strip()
-    bullet = next((b for b in ("* ", "- ") if stripped.startswith(b)), "")
-    if not bullet and stripped[:1] == "[" and "] " in stripped[:6]:
-        bullet = stripped[: stripped.index("] ") + 2]  # footnote "[12] url"
-    return textwrap.wrap(
-        stripped,
-        width=width,
-        initial_indent=indent,
-        subsequent_indent=indent + " " * len(bullet),
-        break_long_words=False,  # never break a URL
-        break_on_hyphens=False,
-    ) or [""]
+    stripped = line.lstrip()
+    indent = line[: len(line) - len(stripped)]
+    words = stripped.split()
+    first = words[0]
+    hanging = 0  # continuation lines align after a bullet or footnote mark
+    if first in ("*", "-") or (first.startswith("[") and first.endswith("]")):
+        hanging = len(first) + 1
+    lines = []
+    current = indent + first
+    follow = indent + " " * hanging
+    for word in words[1:]:
+        if len(current) + 1 + len(word) <= width:
+            current += " " + word
+        else:
+            lines.append(current)
+            current = follow + word
+    lines.append(current)
+    return lines
 
 
 def _wrap_lines(text: str, width: int = TEXT_WIDTH) -> str:

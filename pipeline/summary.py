@@ -29,6 +29,7 @@ LINK_SCHEMES = ("http://", "https://", "mailto:")
 MAX_IMAGES = 3  # per summary, with ``[digest] images = true``
 MAX_IMAGE_WIDTH = 560  # the 600 px column less its padding
 MAX_IMAGE_HEIGHT = 800
+MIN_IMAGE_SIZE = 3  # smaller images are tracking pixels: dropped
 ELLIPSIS = " …"
 
 _VOID = frozenset({"br", "img"})
@@ -80,8 +81,9 @@ def _attribute_filter(images: bool) -> object:
 def sanitize_html(fragment: str, *, images: bool = False) -> str:
     """Feed HTML reduced to the allowlist; links carry ``rel="noopener noreferrer"``.
 
-    Links keep only absolute http, https and mailto targets. With ``images``, https images
-    survive: at most ``MAX_IMAGES``, their width and height capped (proportionally).
+    Links keep only absolute http, https and mailto targets (a link without one is unwrapped).
+    With ``images``, https images survive: at most ``MAX_IMAGES``, none smaller than
+    ``MIN_IMAGE_SIZE`` pixels (tracking pixels), width and height capped proportionally.
     """
     tags = set(ALLOWED_TAGS) | ({"img"} if images else set())
     attributes: dict[str, set[str]] = {"*": set(), "a": {"href"}}
@@ -97,7 +99,24 @@ def sanitize_html(fragment: str, *, images: bool = False) -> str:
         clean_content_tags={"script", "style"},
         strip_comments=True,
     )
+    if _DEAD_LINK in clean:
+        clean = _unwrap_dead_links(clean)
     return _limit_images(clean) if images and "<img" in clean else clean
+
+
+_DEAD_LINK = '<a rel="noopener noreferrer">'  # a link whose target the sanitiser removed
+
+
+def _unwrap_dead_links(fragment: str) -> str:
+    out, dead = [], False
+    for token in tokens(fragment):
+        if isinstance(token, Tag) and token.name == "a":
+            if not token.end:
+                dead = "href" not in token.attrs
+            if dead:
+                continue
+        out.append(token if isinstance(token, str) else token.raw)
+    return "".join(out)
 
 
 def _dimension(value: str | None) -> int | None:
@@ -111,10 +130,10 @@ def _limit_images(fragment: str) -> str:
     for token in tokens(fragment):
         if isinstance(token, Tag) and token.name == "img":
             src = token.attrs.get("src", "")
-            if not src or kept >= MAX_IMAGES:
-                continue
-            kept += 1
             width, height = _dimension(token.attrs.get("width")), _dimension(token.attrs.get("height"))
+            if not src or kept >= MAX_IMAGES or min(width or 99, height or 99) < MIN_IMAGE_SIZE:
+                continue  # no source, too many, or a tracking pixel
+            kept += 1
             if width and width > MAX_IMAGE_WIDTH:
                 height = round(height * MAX_IMAGE_WIDTH / width) if height else None
                 width = MAX_IMAGE_WIDTH

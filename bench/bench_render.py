@@ -1,0 +1,196 @@
+"""Render + compose cost per email: pieces inlined once per run vs premailer on every email.
+
+Generates 500 entries (realistic titles, ~150-word abstracts with some markup), 20 topics and
+2,000 subscribers following 3 topics each, stores the entries in a throw-away SQLite file,
+plans the digests with the real matcher, then measures:
+
+- ours: ``Renderer.prepare`` per batch of 100 digests (as ``run.deliver_due`` does) and
+  ``render`` + ``compose_message`` per digest;
+- whole: ``Renderer.render_whole`` (one premailer call per email) + ``compose_message``, on a
+  sample of the same digests.
+
+It prints figures; it is not a timed test. Run: ``.venv/bin/python bench/bench_render.py``
+(``--subscribers N --entries N --sample N`` to change the sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import run
+from pipeline.compose import compose_message
+from pipeline.config import Settings, parse_settings
+from pipeline.models import FeedItem
+from pipeline.render import Renderer
+from pipeline.store import Store
+
+TOPICS = {
+    "snn": ("Spiking neural networks", ["spiking neural network", "neuromorphic"]),
+    "rl": ("Reinforcement learning", ["reinforcement learning", "policy gradient"]),
+    "diffusion": ("Diffusion models", ["diffusion model", "score-based"]),
+    "robots": ("Robot learning", ["robot", "manipulation"]),
+    "llm": ("Language models", ["language model", "LLM"]),
+    "vision": ("Computer vision", ["object detection", "segmentation"]),
+    "graphs": ("Graph learning", ["graph neural network", "message passing"]),
+    "causal": ("Causal inference", ["causal", "counterfactual"]),
+    "federated": ("Federated learning", ["federated", "client drift"]),
+    "bayes": ("Bayesian methods", ["bayesian", "variational inference"]),
+    "speech": ("Speech", ["speech recognition", "text-to-speech"]),
+    "quantum": ("Quantum ML", ["quantum", "qubit"]),
+    "privacy": ("Privacy", ["differential privacy", "membership inference"]),
+    "fairness": ("Fairness", ["fairness", "bias mitigation"]),
+    "compression": ("Model compression", ["quantization", "pruning"]),
+    "optim": ("Optimisation", ["stochastic gradient", "convergence rate"]),
+    "theory": ("Learning theory", ["generalization bound", "sample complexity"]),
+    "bio": ("ML for biology", ["protein", "single-cell"]),
+    "climate": ("Climate and weather", ["weather forecasting", "climate"]),
+    "recsys": ("Recommender systems", ["recommendation", "collaborative filtering"]),
+}
+FILLER = " ".join(
+    [
+        "we propose a method that improves results on standard benchmarks while reducing the cost of",
+        "training and inference our analysis shows when the approach helps and when it does not and we",
+        "release code data and trained models for others to build on experiments cover several settings",
+        "including small and large scale regimes noisy labels distribution shift and limited compute",
+    ]
+).split(" ")
+CONFIG = """
+[digest]
+title = "Paper Digest"
+database = "{db}"
+lookback = "3650d"
+max_entries = 30
+
+[[feeds]]
+name = "arxiv"
+url = "feeds/arxiv.xml"
+
+[[feeds]]
+name = "blog"
+url = "feeds/blog.xml"
+"""
+
+
+def make_settings(folder: Path, subscribers: int, rng: random.Random) -> Settings:
+    text = CONFIG.format(db=folder / "bench.db")
+    for name, (title, keywords) in TOPICS.items():
+        text += f'\n[topics.{name}]\ntitle = "{title}"\nkeywords = {keywords!r}\n'.replace("'", '"')
+    names = list(TOPICS)
+    for i in range(subscribers):
+        topics = rng.sample(names, 3)
+        text += f'\n[[subscribers]]\nemail = "reader{i}@example.org"\nname = "Reader {i}"\n'
+        text += f"topics = {topics!r}\n".replace("'", '"')
+    return parse_settings(text, folder / "digest.toml")
+
+
+def make_items(entries: int, rng: random.Random) -> list[FeedItem]:
+    names = list(TOPICS)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    items = []
+    for i in range(entries):
+        topics = rng.sample(names, rng.choice((1, 1, 2)))
+        keywords = [rng.choice(TOPICS[t][1]) for t in topics]
+        title = f"{keywords[0].capitalize()} for {' '.join(rng.sample(FILLER, 4))} at scale ({i})"
+        words = [rng.choice(FILLER) for _ in range(150)]
+        for k in keywords:
+            words.insert(rng.randrange(len(words)), k)
+        half = len(words) // 2
+        summary = (
+            f"<p>{' '.join(words[:half])}.</p><p>{' '.join(words[half:])} "
+            f'<a href="https://example.org/code/{i}">code</a>.</p>'
+        )
+        items.append(
+            FeedItem(
+                feed="arxiv" if i % 5 else "blog",
+                guid=f"https://example.org/abs/{i}",
+                title=title,
+                link=f"https://example.org/abs/{i}",
+                summary_html=summary,
+                authors=tuple(f"Author {rng.randrange(1000)}" for _ in range(rng.randint(1, 8))),
+                published=start + timedelta(minutes=i),
+            )
+        )
+    return items
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=2000)
+    parser.add_argument("--entries", type=int, default=500)
+    parser.add_argument("--sample", type=int, default=40, help="emails rendered whole, for comparison")
+    args = parser.parse_args()
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        settings = make_settings(folder, args.subscribers, rng)
+        now = datetime(2026, 12, 1, 7, 0, tzinfo=UTC)
+        with Store(settings.digest.database_url) as store:
+            store.sync_feeds({"arxiv": "feeds/arxiv.xml", "blog": "feeds/blog.xml"})
+            store.add_items(make_items(args.entries, rng), now)
+            t0 = time.perf_counter()
+            digests = run.plan_digests(settings, store, settings.subscribers, now)
+            plan_s = time.perf_counter() - t0
+    compose_args = {
+        "sender": settings.sender,
+        "list_id": run.list_id(settings),
+        "unsubscribe": ["mailto:digest@localhost.localdomain?subject=unsubscribe"],
+    }
+    entries = [d.entry_count for d in digests]
+    print(
+        f"{len(digests)} digests over {args.entries} entries, {len(TOPICS)} topics, 3 topics each; "
+        f"entries per email: median {statistics.median(entries):.0f}, max {max(entries)}; "
+        f"planned in {plan_s:.2f} s"
+    )
+
+    renderer = Renderer(settings)
+    prepare_s = render_s = compose_s = 0.0
+    size = 0
+    for b in range(0, len(digests), run.CLAIM_BATCH):
+        batch = digests[b : b + run.CLAIM_BATCH]
+        t0 = time.perf_counter()
+        renderer.prepare(batch)
+        prepare_s += time.perf_counter() - t0
+        for digest in batch:
+            t0 = time.perf_counter()
+            rendered = renderer.render(digest)
+            t1 = time.perf_counter()
+            message = compose_message(digest, rendered, **compose_args)
+            t2 = time.perf_counter()
+            render_s += t1 - t0
+            compose_s += t2 - t1
+            size += len(message.data)
+    n = len(digests)
+    ours = (prepare_s + render_s + compose_s) / n * 1000
+    print(f"\nours: premailer calls {renderer.premailer_calls} for {n} emails (batches of {run.CLAIM_BATCH})")
+    print(f"  prepare (Jinja per piece + premailer) {prepare_s:.2f} s = {prepare_s / n * 1000:.3f} ms/email")
+    print(f"  render per email   {render_s / n * 1000:.3f} ms")
+    print(f"  compose per email  {compose_s / n * 1000:.3f} ms")
+    print(f"  total per email    {ours:.3f} ms   ({1000 / ours:.0f} emails/s)")
+    print(f"  mean message size  {size / n / 1024:.0f} KB")
+    print(f"  peak RSS so far    {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+    sample = digests[: args.sample]
+    whole = Renderer(settings)
+    t0 = time.perf_counter()
+    for digest in sample:
+        rendered = whole.render_whole(digest)
+        compose_message(digest, rendered, **compose_args)
+    per = (time.perf_counter() - t0) / len(sample) * 1000
+    print(f"\nwhole-email premailer, {len(sample)} emails: {per:.1f} ms/email ({1000 / per:.0f} emails/s)")
+    same = sum(renderer.render(d).html == whole.render_whole(d).html for d in sample[:10])
+    print(f"  identical HTML both ways: {same}/10 checked")
+    print(f"\nspeed-up: {per / ours:.0f}x")
+
+
+if __name__ == "__main__":
+    main()
