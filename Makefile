@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DIGEST := $(BIN)/digest --config config/digest.toml
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean screenshots
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,15 @@ demo: $(VENV)/.base
 	@echo "Run 'make demo' again: nothing is sent twice. Start over with: rm -r config/state config/outbox"
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench docs
 	$(BIN)/mypy --strict pipeline
 
 test: lint
 	$(BIN)/pytest -q
+
+# Sample digest in headless Chromium (Debian package chromium), 600/375 px, light/dark, into docs/.
+screenshots: $(VENV)/.base
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) config/state config/outbox .pytest_cache .mypy_cache .ruff_cache .hypothesis

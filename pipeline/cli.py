@@ -251,6 +251,8 @@ def preview(
 ) -> None:
     """Render a subscriber's next digest to an HTML file without sending or recording anything.
 
+    --open shows it in the browser named by $BROWSER, or else the desktop's default browser.
+
     Example: digest preview --subscriber ada@example.org --output /tmp/ada.html
     """
     settings = ctx.settings()
@@ -270,7 +272,9 @@ def preview(
     out.print(f"{digest.entry_count} entries ({digest.more_count} more not shown)", markup=False)
     out.print(str(output.resolve()), markup=False)
     if open_browser:
-        webbrowser.open(output.resolve().as_uri())
+        url = output.resolve().as_uri()
+        if not webbrowser.open(url):  # $BROWSER, else the desktop's default browser
+            err.print(f"could not start a web browser: open {url} yourself", markup=False)
 
 
 @main.command(name="run")

@@ -71,7 +71,9 @@ def sample_config(tmp_path: Path, *, digest: str = "", extra: str = "") -> Setti
     )
     text = text.replace('database = "state/digest.db"', f'database = "{tmp_path / "digest.db"}"')
     text = text.replace("[digest]\n", "[digest]\n" + digest + "\n", 1) + extra
-    return parse_settings(text, tmp_path / "digest.toml")
+    path = tmp_path / "digest.toml"
+    path.write_text(text, encoding="utf-8")  # for the command line; Settings.path names it
+    return parse_settings(text, path)
 
 
 def sample_digests(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jinja2
@@ -361,3 +363,25 @@ def test_inline_css_keeps_width_attributes_and_is_offline() -> None:
     )
     out = inline_css(html)
     assert 'width="600"' in out and 'bgcolor="#fff' in out and "max-width:600px" in out
+
+
+def test_preview_open_shows_the_file_in_the_browser(tmp_path: Path) -> None:
+    """``digest preview --open`` hands the file's URL to the browser ($BROWSER, as webbrowser reads it)."""
+    config = sample_config(tmp_path).path
+    seen = tmp_path / "browser-was-given"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" > {seen}\n')
+    browser.chmod(0o755)
+    out = tmp_path / "ada.html"
+    command = [sys.executable, "-m", "pipeline.cli", "--config", str(config), "preview"]
+    result = subprocess.run(
+        [*command, "--subscriber", "ada@example.org", "--output", str(out), "--open"],
+        env={**os.environ, "BROWSER": str(browser)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert seen.read_text().strip() == out.resolve().as_uri()
+    assert "Spiking neural networks" in out.read_text()
