@@ -32,9 +32,10 @@ SUBJECT_LIMIT = 200
 NAME_LIMIT = 100
 LINE = 78  # recommended header line length (RFC 5322 2.1.1)
 CRLF = b"\r\n"
-_QP_CACHE_LIMIT = 50_000
+_QP_CACHE_BYTES = 32 * 2**20  # encoded bytes kept per cache before it starts over
 _qp_lines: dict[str, bytes] = {}
 _qp_parts: dict[str, bytes] = {}
+_qp_size = {"lines": 0, "parts": 0}
 _URL_SAFE = "!#$%&'()*+,-./:;=?@[]~_"
 
 
@@ -159,14 +160,16 @@ def quoted_printable(text: str) -> bytes:
     space are decided within a line), so a line seen before costs a dictionary look-up.
     """
     cache = _qp_lines
-    if len(cache) > _QP_CACHE_LIMIT:
+    if _qp_size["lines"] > _QP_CACHE_BYTES:
         cache.clear()
+        _qp_size["lines"] = 0
     out = []
     for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         encoded = cache.get(line)
         if encoded is None:
             qp = binascii.b2a_qp(line.encode("utf-8"), istext=False, header=False)
             encoded = cache[line] = qp.replace(b"=\n", b"=\r\n")  # soft line breaks
+            _qp_size["lines"] += len(encoded) + len(line)
         out.append(encoded)
     return CRLF.join(out)
 
@@ -179,17 +182,22 @@ def _encoded_parts(parts: tuple[str, ...], whole: str) -> bytes:
     that are not line-aligned, or do not add up to ``whole``, are ignored.
     """
     cache = _qp_parts
-    if len(cache) > _QP_CACHE_LIMIT:
+    if _qp_size["parts"] > _QP_CACHE_BYTES:
         cache.clear()
+        _qp_size["parts"] = 0
     out = []
     size = 0
     last = len(parts) - 1
     for i, part in enumerate(parts):
         if i < last and part and part[-1] != "\n":
             return quoted_printable(whole)
-        encoded = cache.get(part)
+        shared = 0 < i < last  # the first and last parts are the email's own head and foot
+        encoded = cache.get(part) if shared else None
         if encoded is None:
-            encoded = cache[part] = quoted_printable(part)
+            encoded = quoted_printable(part)
+            if shared:
+                cache[part] = encoded
+                _qp_size["parts"] += len(encoded) + len(part)
         out.append(encoded)
         size += len(part)
     return b"".join(out) if parts and size == len(whole) else quoted_printable(whole)

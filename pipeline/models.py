@@ -119,8 +119,8 @@ class RenderedDigest:
     """A digest as text: the subject line, the HTML part and the plain-text part.
 
     ``html_parts`` / ``text_parts``, when given, are the same text cut into pieces at line
-    ends (every piece but the last ends with a newline); pieces shared by many emails are
-    the same objects, so ``compose`` can encode each once per run.
+    ends (every piece but the last ends with a newline); the pieces between the first and
+    the last are shared by many emails (the same objects), so ``compose`` encodes each once.
     """
 
     subject: str

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -87,6 +88,15 @@ class _StubLoader(jinja2.BaseLoader):
         return self.inner.get_source(environment, template)
 
 
+class _Environment(jinja2.Environment):
+    """Templates' globals as a plain dict: Jinja copies them into every context it makes
+    (includes too), and copying a ChainMap costs ~5 µs each time. Globals are never changed
+    after the templates are loaded."""
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        return {**self.globals, **(d or {})}
+
+
 def template_environment(override: str | None, *, stubs: Iterable[str] = ()) -> jinja2.Environment:
     """The Jinja2 environment: overrides first, then the built-in templates.
 
@@ -97,7 +107,7 @@ def template_environment(override: str | None, *, stubs: Iterable[str] = ()) -> 
     stubs = tuple(stubs)
     if stubs:
         loader = _StubLoader(loader, stubs)
-    return jinja2.Environment(
+    return _Environment(
         loader=loader,
         autoescape=_autoescape,
         undefined=jinja2.StrictUndefined,
@@ -238,14 +248,20 @@ class _FilledTopic:
 
 @dataclass(frozen=True, slots=True)
 class _TextPiece:
-    raw: str
+    """An entry's text part, wrapped; ``aligned``: it ends at a line end."""
+
     wrapped: str
+    aligned: bool
 
 
 @dataclass(frozen=True, slots=True)
 class _TextFrame:
-    parts: list[_TextPiece]
+    """A section's text, wrapped: head, then after each entry what follows it (gap or tail)."""
+
+    head: str
+    after: list[str]
     slots: list[int]
+    aligned: bool
 
 
 @dataclass(slots=True)
@@ -290,7 +306,8 @@ class Renderer:
         self._dates: dict[tuple[datetime, str], str] = {}
         self._views: dict[tuple[int, str, str, tuple[str, ...]], EntryView] = {}
         self.whole = False  # True: every email is inlined whole (set when pieces cannot be used)
-        self.premailer_calls = 0
+        self.premailer_calls = 0  # how often premailer ran, and for how long (for figures)
+        self.premailer_seconds = 0.0
         self._checked = not override  # overrides get one whole-vs-pieces comparison per run
         self._warned: set[str] = set()
         self._memo: dict[tuple[str, str], tuple[Digest, _Plan]] = {}
@@ -564,12 +581,21 @@ class Renderer:
     # --- inlining ---------------------------------------------------------------------------------
 
     def _premailer(self, pieces: list[str], *, keep_media: bool = True) -> list[str]:
-        self.premailer_calls += 1
-        return inline_pieces(pieces, keep_media=keep_media)
+        start = time.perf_counter()
+        try:
+            return inline_pieces(pieces, keep_media=keep_media)
+        finally:
+            self.premailer_calls += 1
+            self.premailer_seconds += time.perf_counter() - start
 
     def _whole_html(self, context: dict[str, Any]) -> str:
-        self.premailer_calls += 1
-        return inline_css(_render(self.templates[LAYOUT_HTML], context))
+        source = _render(self.templates[LAYOUT_HTML], context)
+        start = time.perf_counter()
+        try:
+            return inline_css(source)
+        finally:
+            self.premailer_calls += 1
+            self.premailer_seconds += time.perf_counter() - start
 
     def _inline_catalogue(self, ctx: int, need: _Need) -> None:
         """One premailer call: a layout with, in its slot, every needed topic frame and entry."""
@@ -674,30 +700,36 @@ class Renderer:
             out.append(filled.tail)
 
     def _assembled_text(self, context: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
-        """The wrapped text part, and the same as line-aligned parts (or () if not aligned)."""
+        """The wrapped text part, and the same as line-aligned parts."""
         sections = context["sections"]
         try:
             frame = _render_frame(self._layout_templates[LAYOUT_TEXT], context, sections)
-            raw = [frame.parts[0]]
-            wrapped = [_wrap_lines(frame.parts[0])]
+            layout = frame.parts
+            wrapped = [_wrap_lines(layout[0])]
+            aligned = _whole_lines(layout[0])
+            cache = self._text_entries
             for n, index in enumerate(frame.slots):
                 section = sections[index]
                 topic = self._text_frame(section)
-                raw.append(topic.parts[0].raw)
-                wrapped.append(topic.parts[0].wrapped)
-                for k, e in enumerate(topic.slots):
-                    piece = self._text_entry(section, section.entries[e])
-                    gap = topic.parts[k + 1]
-                    raw += (piece.raw, gap.raw)
-                    wrapped += (piece.wrapped, gap.wrapped)
-                raw.append(frame.parts[n + 1])
-                wrapped.append(_wrap_lines(frame.parts[n + 1]))
+                aligned = aligned and topic.aligned
+                wrapped.append(topic.head)
+                views = section.entries
+                for e, after in zip(topic.slots, topic.after, strict=True):
+                    piece = cache.get(id(views[e])) or self._text_entry(section, views[e])
+                    aligned = aligned and piece.aligned
+                    wrapped.append(piece.wrapped)
+                    if after:
+                        wrapped.append(after)
+                part = layout[n + 1]
+                aligned = aligned and (n + 2 == len(layout) or _whole_lines(part))
+                wrapped.append(_wrap_lines(part))
         except _NotPiecewise as exc:
             self._warn("text", f"{exc}: rendering such text parts whole")
+            aligned = False
+        if not aligned:  # a piece ends mid-line: wrapping pieces alone would differ, wrap the whole
             return wrap_text(_render(self.templates[LAYOUT_TEXT], context)), ()
-        if not all(part.endswith("\n") for part in raw[:-1] if part):
-            return wrap_text("".join(raw)), ()  # a piece ends mid-line: wrap the joined text
         # wrap_text strips leading and trailing newlines: do it on the first and last parts
+        wrapped = [part for part in wrapped if part]
         while wrapped and not wrapped[0].lstrip("\n"):
             wrapped.pop(0)
         while wrapped and not wrapped[-1].rstrip("\n"):
@@ -706,7 +738,7 @@ class Renderer:
             return "\n", ("\n",)
         wrapped[0] = wrapped[0].lstrip("\n")
         wrapped[-1] = wrapped[-1].rstrip("\n") + "\n"
-        return "".join(wrapped), tuple(part for part in wrapped if part)
+        return "".join(wrapped), tuple(wrapped)
 
     def _text_frame(self, section: SectionView) -> _TextFrame:
         key = self._topic_key(section)
@@ -715,7 +747,10 @@ class Renderer:
             context = {"section": section, "title": self._title}
             out = _render_frame(self._topic_templates[TOPIC_TEXT], context, section.entries)
             frame = self._text_frames[key] = _TextFrame(
-                [_TextPiece(p, _wrap_lines(p)) for p in out.parts], out.slots
+                head=_wrap_lines(out.parts[0]),
+                after=[_wrap_lines(p) for p in out.parts[1:]],
+                slots=out.slots,
+                aligned=all(_whole_lines(p) for p in out.parts),
             )
         return frame
 
@@ -729,8 +764,13 @@ class Renderer:
                 "title": self._title,
             }
             raw = _render(self.templates[ENTRY_TEXT], context)
-            piece = self._text_entries[key] = _TextPiece(raw, _wrap_lines(raw))
+            piece = self._text_entries[key] = _TextPiece(_wrap_lines(raw), _whole_lines(raw))
         return piece
+
+
+def _whole_lines(text: str) -> bool:
+    """Whether text ends at a line end (or is empty): wrapping it alone then changes nothing."""
+    return not text or text[-1] == "\n"
 
 
 # --- entries -------------------------------------------------------------------------------------

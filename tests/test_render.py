@@ -385,3 +385,57 @@ def test_preview_open_shows_the_file_in_the_browser(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert seen.read_text().strip() == out.resolve().as_uri()
     assert "Spiking neural networks" in out.read_text()
+
+
+def _colours(dark: bool) -> dict[str, str]:
+    """Each rule's color and background-color in the built-in stylesheet, dark overrides applied."""
+    import cssutils
+
+    css = (Path(__file__).parent.parent / "templates" / "style.css").read_text()
+    sheet = cssutils.parseString(css, validate=False)
+    found: dict[str, str] = {}
+
+    def take(rules: object) -> None:
+        for rule in rules:  # type: ignore[attr-defined]
+            if rule.type == rule.STYLE_RULE:
+                for selector in rule.selectorText.split(","):
+                    for prop in ("color", "background-color", "border-left-color"):
+                        value = rule.style.getPropertyValue(prop)
+                        if value:
+                            found[f"{selector.strip()} {prop}"] = value
+
+    take(sheet)
+    if dark:
+        for rule in sheet:
+            if rule.type == rule.MEDIA_RULE and "prefers-color-scheme: dark" in rule.media.mediaText:
+                take(rule.cssRules)
+    return found
+
+
+def _contrast(one: str, two: str) -> float:
+    def luminance(colour: str) -> float:
+        colour = colour.lstrip("#")
+        if len(colour) == 3:
+            colour = "".join(c * 2 for c in colour)
+        channels = [int(colour[i : i + 2], 16) / 255 for i in (0, 2, 4)]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    high, low = sorted((luminance(one), luminance(two)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_text_contrast_is_readable_in_both_colour_schemes(dark: bool) -> None:
+    """WCAG contrast: 7:1 (AAA) for text on the card, 4.5:1 (AA) for links and highlights."""
+    c = _colours(dark)
+    card = c[".container background-color"]
+    for text in (".digest-title", ".meta", ".counts", ".topic-title", ".entry-title", ".byline", ".summary"):
+        assert _contrast(c[f"{text} color"], card) >= 7, (text, c[f"{text} color"], card)
+    for text in (".topic-count", ".why", ".more", ".empty"):
+        assert _contrast(c[f"{text} color"], card) >= 7, text
+    for link in (".entry-title a", ".summary a"):
+        assert _contrast(c[f"{link} color"], card) >= 4.5, link
+    assert _contrast(c[".footer color"], c[".footer background-color"]) >= 7
+    assert _contrast(c[".footer a color"], c[".footer background-color"]) >= 4.5
+    assert _contrast(c["mark color"], c["mark background-color"]) >= 7
