@@ -44,13 +44,17 @@ class DeliveryError(DigestError):
     """A message could not be delivered.
 
     ``transient`` says whether trying again later may succeed (4xx replies, 552, connection
-    problems) or not (other 5xx replies, a refused address).
+    problems) or not (other 5xx replies, a refused address). ``connection`` says the server
+    could not be used at all (no connection, TLS or login failed): no message can go now.
     """
 
-    def __init__(self, message: str, *, transient: bool, code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, transient: bool, code: int | None = None, connection: bool = False
+    ) -> None:
         super().__init__(message)
         self.transient = transient
         self.code = code
+        self.connection = connection
 
 
 class ScheduleError(DigestError):

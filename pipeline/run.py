@@ -8,19 +8,22 @@ outbox -> render -> compose -> deliver, recording each outcome.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from .compose import compose_message, message_id, sender_address
 from .config import Settings, SubscriberConfig
-from .deliver import Transport, open_transport
-from .errors import DeliveryError, DigestError, FetchError, MatchError, ParseError, RenderError
+from .deliver import Attempted, Dispatcher, transport_factory
+from .errors import DeliveryError, DigestError, FetchError, MatchError, ParseError, RenderError, StoreError
 from .fetch import FetchRequest, fetch_feeds
 from .match import compile_topics, index_entries, match_topics
-from .models import Digest, Entry, Match, RenderedDigest, Section
+from .models import Digest, Entry, Match, OutgoingMessage, RenderedDigest, Section
 from .parse import parse_feed
 from .render import Renderer, unsubscribe_url
 from .store import FAILED, PENDING, SENDING, FeedState, NewDelivery, OutboxRow, Store, owner_id, utcnow
@@ -31,6 +34,7 @@ LEASE = timedelta(minutes=10)
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
 CLAIM_BATCH = 100
+INTERRUPTED = "interrupted before sending"
 
 Clock = Callable[[], datetime]
 
@@ -287,6 +291,15 @@ class Outcome:
     status: Literal["sent", "pending", "failed", "planned"]
     detail: str = ""
     subject: str = ""
+    tries: int = 0  # SMTP attempts in this run; more than one means it was retried
+
+
+class Progress(Protocol):
+    """Told how many digests are due, then about each one as it finishes."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, outcome: Outcome) -> None: ...
 
 
 @dataclass(slots=True)
@@ -301,6 +314,11 @@ class SendReport:
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def retried(self) -> int:
+        """Digests that were sent only after a retry within this run."""
+        return sum(1 for o in self.outcomes if o.status == "sent" and o.tries > 1)
 
     @property
     def exit_code(self) -> int:
@@ -320,9 +338,14 @@ def send(
     dry_run: bool = False,
     fetch: bool = True,
     clock: Clock = utcnow,
-    progress: Callable[[Outcome], None] | None = None,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> SendReport:
-    """Fetch, then build and deliver now the digest of each named (or every) subscriber."""
+    """Fetch, then build and deliver now the digest of each named (or every) subscriber.
+
+    New digests are committed to the outbox before any SMTP traffic; then every due outbox
+    row is delivered, including digests left pending by earlier runs.
+    """
     chosen = select_subscribers(settings, subscribers)
     report = SendReport(dry_run=dry_run)
     if fetch:
@@ -343,14 +366,7 @@ def send(
         return report
     store.enqueue([_delivery(settings, d) for d in digests])
     store.mark_checked([s.email for s in chosen], now)
-    deliver_due(
-        settings,
-        store,
-        report,
-        subscribers=[s.email for s in chosen] if subscribers else None,
-        clock=clock,
-        progress=progress,
-    )
+    deliver_due(settings, store, report, clock=clock, progress=progress, stop=stop)
     return report
 
 
@@ -359,87 +375,198 @@ def deliver_due(
     store: Store,
     report: SendReport | None = None,
     *,
-    subscribers: Sequence[str] | None = None,
     clock: Clock = utcnow,
-    progress: Callable[[Outcome], None] | None = None,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> SendReport:
-    """Deliver every due outbox row (of these subscribers, or all): render, compose, send, record."""
+    """Deliver every due outbox row: claim, render, compose, send, record each outcome.
+
+    Rows are claimed in batches (pending -> sending, with a lease), so a concurrent ``send``
+    or ``digest run`` never takes the same digest. Sent rows are recorded as the server
+    accepts them; a transient failure puts the row back as pending with exponential backoff
+    until ``give_up_after``; a permanent one marks it failed. When ``stop`` is set, the
+    messages in flight finish and every other claimed digest goes back to the outbox, due now.
+    """
     report = report if report is not None else SendReport()
-    owner = owner_id()
-    renderer: Renderer | None = None
-    transport = None
+    if progress:
+        progress.start(store.count_due(clock()))
+    delivery = _Delivery(settings, store, report, clock, progress, stop or threading.Event())
     try:
-        while True:
-            rows = store.claim(clock(), lease=LEASE, owner=owner, subscribers=subscribers, limit=CLAIM_BATCH)
-            if not rows:
-                break
-            renderer = renderer or Renderer(settings)
-            transport = transport or open_transport(settings)
-            entries = store.entries_by_id(
-                eid for row in rows for s in row.spec["sections"] for eid, _, _ in s["entries"]
-            )
-            for row in rows:
-                if report.unreachable:
-                    store.mark_retry(row.id, report.unreachable, _next_attempt(row, clock()))
-                    outcome = Outcome(row.subscriber, 0, "pending", report.unreachable)
-                else:
-                    outcome = _deliver_one(settings, store, renderer, transport, row, entries, clock, report)
-                report.outcomes.append(outcome)
-                if progress:
-                    progress(outcome)
+        delivery.run()
     finally:
-        if transport is not None:
-            transport.close()
+        delivery.close()
     return report
 
 
-def _deliver_one(
-    settings: Settings,
-    store: Store,
-    renderer: Renderer,
-    transport: Transport,
-    row: OutboxRow,
-    entries: dict[int, Entry],
-    clock: Clock,
-    report: SendReport,
-) -> Outcome:
-    digest = digest_from_row(row, entries)
-    try:
-        rendered = renderer.render(digest)
-        message = compose_message(
-            digest,
-            rendered,
-            sender=settings.sender,
-            list_id=list_id(settings),
-            unsubscribe=_unsubscribe_links(settings, digest.subscriber),
-            one_click=bool(settings.digest.base_url),
+class _Delivery:
+    """One run of the outbox: keeps at most a window of claimed rows in flight."""
+
+    WINDOW = 2 * CLAIM_BATCH
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        report: SendReport,
+        clock: Clock,
+        progress: Progress | None,
+        stop: threading.Event,
+    ) -> None:
+        self.settings, self.store, self.report, self.clock = settings, store, report, clock
+        self.progress, self.stop = progress, stop
+        self.owner = owner_id()
+        self.held: dict[int, tuple[OutboxRow, int]] = {}  # row id -> (row, entries in it)
+        self.renderer: Renderer | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.recorder: SentRecorder | None = None
+        self.lease_renewed = time.monotonic()
+
+    def run(self) -> None:
+        exhausted = False
+        while True:
+            if self.stop.is_set() and not exhausted:
+                exhausted = True
+                if self.dispatcher is not None:
+                    self.dispatcher.abandon(INTERRUPTED)
+            room = len(self.held) < self.WINDOW and not (self.dispatcher and self.dispatcher.unreachable)
+            if not exhausted and room:
+                exhausted = not self._claim_batch()
+                continue
+            if not self.held:
+                return
+            assert self.dispatcher is not None
+            self._record(self.dispatcher.results(timeout=1.0))
+            self._renew_leases()
+
+    def _claim_batch(self) -> bool:
+        rows = self.store.claim(self.clock(), lease=LEASE, owner=self.owner, limit=CLAIM_BATCH)
+        if not rows:
+            return False
+        if self.renderer is None:
+            self.renderer = Renderer(self.settings)
+        if self.dispatcher is None:
+            smtp = self.settings.smtp
+            self.recorder = SentRecorder(self.store, self.clock)
+            self.dispatcher = Dispatcher(
+                transport_factory(self.settings),
+                connections=smtp.connections if smtp else 1,
+                retries=smtp.retries if smtp else 1,
+                retry_delay=smtp.retry_delay.total_seconds() if smtp else 0.0,
+                on_sent=self.recorder.add,
+            )
+        entries = self.store.entries_by_id(
+            eid for row in rows for s in row.spec["sections"] for eid, _, _ in s["entries"]
         )
-        transport.send(message)
-    except RenderError as exc:
-        store.mark_failed(row.id, str(exc))
-        log.error("digest to=%s failed=%r", row.subscriber, str(exc))
-        return Outcome(row.subscriber, digest.entry_count, "failed", str(exc))
-    except DeliveryError as exc:
-        return _record_failure(store, row, exc, clock, report, digest.entry_count)
-    store.mark_sent([row.id], clock())
-    log.info("digest to=%s entries=%d sent", row.subscriber, digest.entry_count)
-    return Outcome(row.subscriber, digest.entry_count, "sent", subject=rendered.subject)
+        for row in rows:
+            digest = digest_from_row(row, entries)
+            try:
+                message = _message(self.settings, self.renderer, digest)
+            except RenderError as exc:
+                self.store.mark_failed(row.id, str(exc))
+                log.error("digest to=%s failed=%r", row.subscriber, str(exc))
+                self._report(Outcome(row.subscriber, digest.entry_count, "failed", str(exc)))
+                continue
+            self.held[row.id] = (row, digest.entry_count)
+            self.dispatcher.submit(row.id, message)
+        # Record whatever already finished, so memory and leases stay bounded.
+        self._record(self.dispatcher.results(timeout=0))
+        return True
+
+    def _record(self, attempts: list[Attempted]) -> None:
+        # Sent rows were already recorded by the SentRecorder; here they are only reported.
+        for attempt in attempts:
+            row, entries = self.held.pop(attempt.key)
+            if attempt.error is None:
+                log.info("digest to=%s entries=%d sent", row.subscriber, entries)
+                self._report(Outcome(row.subscriber, entries, "sent", tries=attempt.tries))
+            else:
+                self._report(self._failure(row, attempt.error, entries, attempt.tries))
+
+    def _failure(self, row: OutboxRow, exc: DeliveryError, entries: int, tries: int) -> Outcome:
+        now = self.clock()
+        if str(exc) == INTERRUPTED:
+            # Never attempted: back to the outbox, due at once, for the next send or run.
+            self.store.mark_retry(row.id, INTERRUPTED, now)
+            return Outcome(row.subscriber, entries, "pending", INTERRUPTED, tries=tries)
+        if exc.connection:
+            self.report.unreachable = str(exc)
+        if exc.transient and now < row.deliver_until:
+            self.store.mark_retry(row.id, str(exc), _next_attempt(row, now))
+            log.warning("digest to=%s pending=%r", row.subscriber, str(exc))
+            return Outcome(row.subscriber, entries, "pending", str(exc), tries=tries)
+        reason = str(exc) if not exc.transient else f"gave up after {row.attempts} attempts: {exc}"
+        self.store.mark_failed(row.id, reason)
+        log.error("digest to=%s failed=%r", row.subscriber, reason)
+        return Outcome(row.subscriber, entries, "failed", reason, tries=tries)
+
+    def _report(self, outcome: Outcome) -> None:
+        self.report.outcomes.append(outcome)
+        if self.progress:
+            self.progress.advance(outcome)
+
+    def _renew_leases(self) -> None:
+        # Rows waiting for in-run retries must not look abandoned to another process.
+        if self.held and time.monotonic() - self.lease_renewed > LEASE.total_seconds() / 3:
+            self.store.renew(list(self.held), self.clock() + LEASE, self.owner)
+            self.lease_renewed = time.monotonic()
+
+    def close(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.dispatcher is not None:
+            # Anything the workers finished while closing is recorded, never lost.
+            self._record(self.dispatcher.results(timeout=0))
 
 
-def _record_failure(
-    store: Store, row: OutboxRow, exc: DeliveryError, clock: Clock, report: SendReport, entries: int
-) -> Outcome:
-    now = clock()
-    if exc.transient and now < row.deliver_until:
-        if exc.code is None and "cannot connect" in str(exc):
-            report.unreachable = str(exc)
-        store.mark_retry(row.id, str(exc), _next_attempt(row, now))
-        log.warning("digest to=%s pending=%r", row.subscriber, str(exc))
-        return Outcome(row.subscriber, entries, "pending", str(exc))
-    reason = str(exc) if not exc.transient else f"gave up after {row.attempts} attempts: {exc}"
-    store.mark_failed(row.id, reason)
-    log.error("digest to=%s failed=%r", row.subscriber, reason)
-    return Outcome(row.subscriber, entries, "failed", reason)
+class SentRecorder:
+    """Marks rows sent as soon as the server accepts them, in group commits.
+
+    Called from the sending threads, so the time between a server's 250 and our record of it
+    (the only window in which a crash causes a re-send) is one commit, whatever the main
+    thread is busy with; rows accepted meanwhile share that commit.
+    """
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store, self.clock = store, clock
+        self.queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="sent-recorder", daemon=True)
+        self.thread.start()
+
+    def add(self, row_id: int) -> None:
+        self.queue.put(row_id)
+
+    def _run(self) -> None:
+        closing = False
+        while not closing:
+            batch = [self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get())
+            closing = None in batch
+            ids = [i for i in batch if i is not None]
+            if ids:
+                try:
+                    self.store.mark_sent(ids, self.clock())
+                except StoreError as exc:
+                    # Not lost: the rows stay claimed and go out again (same Message-ID) later.
+                    log.error("outbox error=%r rows=%s", str(exc), ids)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+
+def _message(settings: Settings, renderer: Renderer, digest: Digest) -> OutgoingMessage:
+    rendered = renderer.render(digest)
+    return compose_message(
+        digest,
+        rendered,
+        sender=settings.sender,
+        list_id=list_id(settings),
+        unsubscribe=_unsubscribe_links(settings, digest.subscriber),
+        one_click=bool(settings.digest.base_url),
+    )
 
 
 def _next_attempt(row: OutboxRow, now: datetime) -> datetime:

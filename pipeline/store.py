@@ -574,42 +574,42 @@ class Store:
                 accepted.append(item)
         return accepted
 
-    def claim(
-        self,
-        now: datetime,
-        *,
-        lease: timedelta,
-        owner: str,
-        subscribers: Sequence[str] | None = None,
-        limit: int = 100,
-    ) -> list[OutboxRow]:
-        """Atomically take up to ``limit`` due rows: pending ones whose time has come, and
-        sending ones whose holder's lease expired or whose local holder process is dead."""
-        due = or_(
+    def count_due(self, now: datetime) -> int:
+        """How many outbox rows a ``claim`` at ``now`` could take (a hint for progress bars)."""
+        with self._tx() as conn:
+            return int(conn.execute(select(func.count()).where(self._due(now))).scalar_one())
+
+    @staticmethod
+    def _due(now: datetime) -> Any:
+        return or_(
             and_(deliveries_table.c.state == PENDING, deliveries_table.c.next_attempt_at <= now),
             and_(deliveries_table.c.state == SENDING, deliveries_table.c.lease_until < now),
         )
-        stale = deliveries_table.c.state == SENDING
-        where = [due]
-        if subscribers is not None:
-            where.append(deliveries_table.c.subscriber.in_(list(subscribers)))
+
+    def claim(self, now: datetime, *, lease: timedelta, owner: str, limit: int = 100) -> list[OutboxRow]:
+        """Atomically take up to ``limit`` due rows (pending -> sending, with a lease).
+
+        Due: pending rows whose next attempt has come, and sending rows whose lease expired
+        or whose holder is a process on this machine that no longer exists (a crashed
+        ``send``: its digests go out again, with the same Message-ID).
+        """
         with self._tx() as conn:
-            candidates = select(
-                deliveries_table.c.id, deliveries_table.c.state, deliveries_table.c.claimed_by
+            locking = conn.dialect.name == "postgresql"
+            query = (
+                select(deliveries_table.c.id)
+                .where(self._due(now))
+                .order_by(deliveries_table.c.id)
+                .limit(limit)
             )
-            query = candidates.where(*where).order_by(deliveries_table.c.id).limit(limit)
-            if conn.dialect.name == "postgresql":
+            orphans = select(deliveries_table.c.id, deliveries_table.c.claimed_by).where(
+                deliveries_table.c.state == SENDING, deliveries_table.c.lease_until >= now
+            )
+            if locking:  # SQLite serialises writers with BEGIN IMMEDIATE; PostgreSQL needs row locks
                 query = query.with_for_update(skip_locked=True)
-            ids = [row.id for row in conn.execute(query)]
-            # Sending rows held by a local process that no longer exists are taken at once.
-            orphan_query = select(deliveries_table.c.id, deliveries_table.c.claimed_by).where(
-                stale, deliveries_table.c.lease_until >= now
-            )
-            if subscribers is not None:
-                orphan_query = orphan_query.where(deliveries_table.c.subscriber.in_(list(subscribers)))
-            ids += [row.id for row in conn.execute(orphan_query) if _holder_is_dead(row.claimed_by)][
-                : max(0, limit - len(ids))
-            ]
+                orphans = orphans.with_for_update(skip_locked=True)
+            ids = list(conn.execute(query).scalars())
+            dead = [row.id for row in conn.execute(orphans) if _holder_is_dead(row.claimed_by)]
+            ids += dead[: max(0, limit - len(ids))]
             if not ids:
                 return []
             conn.execute(

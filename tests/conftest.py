@@ -5,11 +5,14 @@ Nothing of ours is mocked: tests talk to servers on 127.0.0.1 over real sockets.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import http.server
+import json
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -33,42 +36,87 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+Action = str | tuple[str, str] | None
+
+
 @dataclass
 class SmtpHandler:
-    """Stores every accepted message; answers with scripted faults per recipient.
+    """Stores every accepted message; plays scripted faults.
 
-    ``faults`` maps a recipient address to a reply such as "550 5.1.1 no such user"; a reply
-    given as a list is used one item per attempt ("451 ..." then None for success).
+    ``faults`` maps a recipient to one action per delivery attempt (the last one repeats; None
+    accepts). An action is a reply such as ``"451 4.3.0 try later"`` given at RCPT, or a pair
+    ``(stage, what)`` with stage RCPT or DATA and ``what`` a reply or one of: ``DROP`` (close
+    the connection without replying), ``STALL`` (say nothing for ``stall`` seconds, then
+    close), ``ACCEPT-DROP`` / ``ACCEPT-STALL`` (store the message first: the client cannot know
+    it arrived). ``mail_faults`` holds actions for the next MAIL commands, in order.
     """
 
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
-    faults: dict[str, Any] = field(default_factory=dict)
+    faults: dict[str, list[Action]] = field(default_factory=dict)
+    mail_faults: deque[Action] = field(default_factory=deque)
     attempts: dict[str, int] = field(default_factory=dict)
+    peers: set[Any] = field(default_factory=set)
+    stall: float = 2.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _fault(self, address: str) -> str | None:
+    def _action(self, address: str, stage: str) -> Action:
         with self.lock:
-            n = self.attempts[address] = self.attempts.get(address, 0) + 1
-        reply = self.faults.get(address)
-        if isinstance(reply, list):
-            return reply[n - 1] if n - 1 < len(reply) else None
-        return reply
+            if stage == "RCPT":
+                self.attempts[address] = self.attempts.get(address, 0) + 1
+            n = self.attempts.get(address, 1)
+        script = self.faults.get(address)
+        if not script:
+            return None
+        action = script[min(n, len(script)) - 1]
+        if isinstance(action, tuple):
+            return action[1] if action[0] == stage else None
+        return action if stage == "RCPT" else None
 
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
-    ) -> str:
-        fault = self._fault(address)
-        if fault:
-            return fault
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
+    async def _play(self, server: Any, action: str, envelope: Any = None) -> str:
+        if action in ("ACCEPT-DROP", "ACCEPT-STALL"):
+            self._store(envelope)
+            action = action.removeprefix("ACCEPT-")
+        if action == "STALL":
+            await asyncio.sleep(self.stall)
+            action = "DROP"
+        if action == "DROP":
+            server.transport.close()
+            return "421 4.4.2 connection dropped"  # never reaches the client
+        return action
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    def _store(self, envelope: Any) -> None:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.lock:
             self.messages.append(message)  # type: ignore[arg-type]
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.peers.add(session.peer)
+        with self.lock:
+            action = self.mail_faults.popleft() if self.mail_faults else None
+        if action:
+            return await self._play(server, action if isinstance(action, str) else action[1])
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        action = self._action(address, "RCPT")
+        if action:
+            return await self._play(server, action)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        action = self._action(envelope.rcpt_tos[0], "DATA")
+        if action:
+            return await self._play(server, action, envelope)
+        self._store(envelope)
         return "250 Message accepted for delivery"
 
     def to(self, address: str) -> list[EmailMessage]:
@@ -82,12 +130,17 @@ class SmtpServer:
     handler: SmtpHandler
 
 
+def start_smtp(handler: SmtpHandler, **kwargs: Any) -> tuple[Controller, int]:
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    return controller, port
+
+
 @pytest.fixture
 def smtp_server() -> Iterator[SmtpServer]:
     handler = SmtpHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
+    controller, port = start_smtp(handler)
     try:
         yield SmtpServer("127.0.0.1", port, handler)
     finally:
@@ -201,21 +254,17 @@ topics = ["rl", "robots", "spiking"]
 
 
 def smtp_section(server: SmtpServer, **extra: Any) -> str:
-    lines = [
-        "[smtp]",
-        'host = "127.0.0.1"',
-        f"port = {server.port}",
-        'security = "none"',
-        'from = "Test Digest <digest@example.net>"',
-        'timeout = "5s"',
-    ]
-    for key, value in extra.items():
-        lines.append(
-            f"{key} = {value!r}".replace("'", '"')
-            if isinstance(value, str)
-            else f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
-        )
-    return "\n".join(lines) + "\n"
+    """An [smtp] section pointing at the test server; keyword arguments override or add keys."""
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "security": "none",
+        "from": "Test Digest <digest@example.net>",
+        "timeout": "5s",
+        "retry_delay": "0.05s",
+    }
+    values.update(extra)
+    return "[smtp]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
 
 
 @pytest.fixture

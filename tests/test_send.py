@@ -177,7 +177,7 @@ def test_maildir_delivery_without_smtp(
 def test_a_refused_address_fails_alone_and_is_named(
     cli: Callable[..., Result], write_config: Callable[..., Path], smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
-    smtp_server.handler.faults["grace@example.org"] = "550 5.1.1 <grace@example.org>: mailbox unavailable"
+    smtp_server.handler.faults["grace@example.org"] = ["550 5.1.1 <grace@example.org>: mailbox unavailable"]
     config = write_config(smtp=smtp_section(smtp_server))
     result = cli("--config", config, "send")
     assert result.exit_code == 1, result.output
