@@ -43,6 +43,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -253,8 +254,12 @@ class Store:
         self.url = url
         try:
             self.engine = _engine(url)
-            metadata.create_all(self.engine)
             with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Two processes starting on a new database must not both create the tables
+                    # (SQLite is already serialised by BEGIN IMMEDIATE).
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7746391)"))
+                metadata.create_all(conn)
                 version = conn.execute(
                     select(meta_table.c.value).where(meta_table.c.key == "schema")
                 ).scalar()
