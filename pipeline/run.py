@@ -120,6 +120,39 @@ def fetch_all(
     return reports
 
 
+def feeds_of(settings: Settings, subscribers: Sequence[SubscriberConfig]) -> list[str]:
+    """The feeds whose entries can reach these subscribers (a topic without ``feeds`` reads all)."""
+    wanted: set[str] = set()
+    for sub in subscribers:
+        for topic in sub.topics:
+            restricted = settings.topics[topic].feeds
+            if not restricted:
+                return [f.name for f in settings.feeds]
+            wanted.update(restricted)
+    return [f.name for f in settings.feeds if f.name in wanted]
+
+
+def fetch_stale(
+    settings: Settings, store: Store, subscribers: Sequence[SubscriberConfig], *, clock: Clock = utcnow
+) -> list[FeedReport]:
+    """Fetch the subscribers' feeds whose last fetch is older than their polling interval.
+
+    Feeds backing off after failures (next attempt in the future) are left alone.
+    """
+    store.sync_feeds({f.name: f.url for f in settings.feeds})
+    states = store.feed_states()
+    now = clock()
+    intervals = {f.name: settings.feed_interval(f) for f in settings.feeds}
+    stale = []
+    for name in feeds_of(settings, subscribers):
+        state = states[name]
+        if state.next_attempt_at is not None and state.next_attempt_at > now:
+            continue
+        if state.last_fetch_at is None or now - state.last_fetch_at >= intervals[name]:
+            stale.append(name)
+    return fetch_all(settings, store, feeds=stale, clock=clock) if stale else []
+
+
 def _log_feed(report: FeedReport) -> None:
     if report.result == "error":
         log.warning("feed=%s error=%r", report.feed, report.error)

@@ -164,6 +164,15 @@ taken_table = Table(
     Column("shown", Boolean, nullable=False),  # False: counted in "and N more", not listed
 )
 
+leases_table = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),  # host:pid
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
 
 
@@ -535,6 +544,46 @@ class Store:
         )
         if not done.rowcount:
             conn.execute(insert(subscribers_table).values(email=email, **values))
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> str | None:
+        """Take the named lease; return None, or a description of the live holder that has it.
+
+        A lease is free when nobody holds it, when it expired (its holder stopped renewing),
+        or when its holder was a process on this machine that no longer exists.
+        """
+        with self._tx() as conn:
+            row = conn.execute(select(leases_table).where(leases_table.c.name == name)).first()
+            if (
+                row is not None
+                and row.holder != holder
+                and row.expires_at > now
+                and not _holder_is_dead(row.holder)
+            ):
+                return f"{row.holder}, since {row.acquired_at.isoformat(timespec='seconds')}"
+            values = {"holder": holder, "acquired_at": now, "expires_at": now + ttl}
+            if row is None:
+                conn.execute(insert(leases_table).values(name=name, **values))
+            else:
+                conn.execute(update(leases_table).where(leases_table.c.name == name).values(**values))
+            return None
+
+    def renew_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+        """Extend a lease we hold; False when another process has taken it."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(leases_table)
+                .where(leases_table.c.name == name, leases_table.c.holder == holder)
+                .values(expires_at=now + ttl)
+            )
+            return bool(done.rowcount)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                delete(leases_table).where(leases_table.c.name == name, leases_table.c.holder == holder)
+            )
 
     # --- outbox --------------------------------------------------------------------------------
 
