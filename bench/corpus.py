@@ -261,7 +261,8 @@ def config(
         for name, (title, keywords, _) in AREAS.items()
     )
     people = "".join(
-        f'[[subscribers]]\nemail = "reader{i}@example.org"\ntopics = {json.dumps(rng.sample(list(AREAS), 3))}\n\n'
+        f'[[subscribers]]\nemail = "reader{i}@example.org"\n'
+        f"topics = {json.dumps(rng.sample(list(AREAS), 3))}\n\n"
         for i in range(subscribers)
     )
     smtp = (
