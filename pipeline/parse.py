@@ -69,6 +69,8 @@ _ARXIV_PREAMBLE = re.compile(
 )
 _URL_BREAKS = re.compile(r"[\t\r\n]")
 _URL_SPACE = re.compile(r"\s")
+# feedparser flags these as "bozo", but they are about the HTTP headers, not the document.
+_BENIGN = (feedparser.NonXMLContentType, feedparser.CharacterEncodingOverride)
 TITLE_WORDS = 12
 TITLE_CHARS = 80
 
@@ -89,16 +91,18 @@ def parse_feed(result: FetchResult) -> ParsedFeed:
         resolve_relative_uris=True,
     )
     version = str(parsed.get("version") or "")
+    problem = parsed.get("bozo_exception") if parsed.bozo else None
+    if isinstance(problem, _BENIGN):
+        problem = None  # a missing or odd Content-Type: the document itself parsed cleanly
+    if not version:
+        reason = f" ({_bozo_reason(problem)})" if problem is not None else ""
+        raise ParseError(f"not a feed: no RSS, RDF or Atom document found{reason}")
     warnings: list[str] = []
-    if parsed.bozo:
-        reason = _bozo_reason(parsed.get("bozo_exception"))
+    if problem is not None:
+        reason = _bozo_reason(problem)
         if not parsed.entries:
-            if not version and not parsed.feed:
-                raise ParseError(f"not a feed ({reason})")
-            raise ParseError(f"no entries ({reason})")
+            raise ParseError(f"the feed is malformed and has no usable entries ({reason})")
         warnings.append(f"feed is malformed but has {len(parsed.entries)} usable entries ({reason})")
-    elif not version:
-        raise ParseError("not a feed (no RSS, RDF or Atom document found)")
     items = tuple(_item(result.feed, raw) for raw in parsed.entries)
     return ParsedFeed(result.feed, items, tuple(warnings), version)
 
