@@ -220,6 +220,7 @@ def _store_feed(
     assert isinstance(outcome, FetchResult)
     moved = outcome.permanent_url
     if parsed is None:  # 304, an unchanged local file, or the same bytes as last time
+        store.touch_feed(name, now)
         store.record_fetch(
             name,
             now=now,

@@ -508,6 +508,17 @@ class Store:
                     )
         return new
 
+    def touch_feed(self, feed: str, now: datetime) -> None:
+        """The feed is unchanged (304, or the same bytes): the items of its last document are
+        still carried, as far as pruning is concerned."""
+        last = select(func.max(sources_table.c.last_seen)).where(sources_table.c.feed == feed)
+        with self._tx() as conn:
+            conn.execute(
+                update(sources_table)
+                .where(sources_table.c.feed == feed, sources_table.c.last_seen == last.scalar_subquery())
+                .values(last_seen=now)
+            )
+
     @staticmethod
     def _owns(conn: Connection, entry_id: int, item: FeedItem) -> bool:
         """Whether this item's feed is the first that carried the entry (its copy is the one kept)."""

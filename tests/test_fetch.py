@@ -287,9 +287,7 @@ def test_a_private_configured_url_may_redirect_to_private_addresses(feed_server:
     # The same holds for a made-up name that resolves privately.
     port = feed_server.base.rsplit(":", 1)[1]
     network = fake_network({"nas.example.net": ["192.168.1.20"]})
-    result = ok(
-        fetch(f"http://nas.example.net:{port}/redirect/302?to={target}", network=network)
-    )
+    result = ok(fetch(f"http://nas.example.net:{port}/redirect/302?to={target}", network=network))
     assert result.status == 200
 
 

@@ -287,9 +287,9 @@ def test_normalised_titles_never_contain_control_characters(text: str, is_html: 
     assert not any(unicodedata.category(c) == "Cc" for c in made_up)
 
 
-_XML_CHARS = st.characters(
-    blacklist_categories=("Cs",), blacklist_characters="\ufffe\uffff"
-).filter(lambda c: c in "\t\n\r" or ord(c) >= 0x20)
+_XML_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\ufffe\uffff").filter(
+    lambda c: c in "\t\n\r" or ord(c) >= 0x20
+)
 
 
 @settings(max_examples=60, deadline=None)
