@@ -18,7 +18,7 @@ $(VENV)/.test: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(DIGEST) check
-	@mkdir -p config/outbox
+	@mkdir -p config/outbox/cur config/outbox/new config/outbox/tmp  # a Maildir, which preview writes beside
 	$(DIGEST) preview --subscriber ada@example.org --output config/outbox/preview-ada.html
 	$(DIGEST) send
 	@echo
