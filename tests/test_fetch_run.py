@@ -592,7 +592,8 @@ def test_hung_huge_and_broken_feeds_do_not_hold_up_the_good_ones(
     (ada,) = smtp_server.handler.to("ada@example.org")
     assert "How we taught agents to explore with sparse rewards" in titles_in(body_text(ada))
     assert len(titles_in(body_text(ada))) == 6  # 4 papers and 2 blog posts
-    assert took < 2 + 3, f"took {took:.1f}s"  # the timeout, plus parsing and sending
+    # The timeout, plus parsing, rendering and sending; far from the hung server's 60 s.
+    assert took < 2 + 5, f"took {took:.1f}s"
 
 
 def test_a_feed_that_would_take_forever_to_parse_fails_alone(
