@@ -15,7 +15,7 @@ import threading
 import webbrowser
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ import click
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TaskID
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__, run
 from .config import Settings, load_settings
@@ -135,9 +136,12 @@ def check(ctx: Context) -> None:
 @click.pass_obj
 @handle_errors
 def fetch(ctx: Context, feeds: tuple[str, ...]) -> None:
-    """Pull every feed once, store new entries, print a line per feed.
+    """Pull every due feed once, store new entries, print a line per feed.
 
-    Example: digest fetch
+    A feed resting after failures (backoff, or the server's Retry-After) is skipped until its
+    next attempt, and says so; a feed named with --feed is fetched now regardless.
+
+    Example: digest fetch --feed arxiv-cs
     """
     settings = ctx.settings()
     unknown = set(feeds) - {f.name for f in settings.feeds}
@@ -148,18 +152,16 @@ def fetch(ctx: Context, feeds: tuple[str, ...]) -> None:
             2,
         )
     with ctx.store(settings) as store:
-        reports = run.fetch_all(settings, store, feeds=feeds or None)
+        reports = run.fetch_all(settings, store, feeds=feeds or None, force=bool(feeds))
     _print_feeds(reports)
 
 
 def _print_feeds(reports: list[run.FeedReport]) -> None:
     table = Table("feed", "result", "time", box=None, pad_edge=False)
     for r in reports:
-        result = {"new": f"{r.new} new", "not-modified": "not modified", "error": f"error: {r.error}"}[
-            r.result
-        ]
-        table.add_row(r.feed, result + "".join(f" (warning: {w})" for w in r.warnings), f"{r.elapsed:.2f}s")
-    out.print(table)
+        # Text(): feed and server texts are shown as they are, never read as rich markup.
+        table.add_row(Text(r.feed), Text(r.describe()), "-" if r.result == "skipped" else f"{r.elapsed:.2f}s")
+    out.print(table, markup=False)
 
 
 @main.command()
@@ -200,15 +202,7 @@ def send(ctx: Context, subscribers: tuple[str, ...], dry_run: bool, no_fetch: bo
             stop=stop,
         )
     for feed in report.feeds:
-        if feed.result == "error":
-            out.print(f"feed {feed.feed}: error: {feed.error}", markup=False)
-        else:
-            out.print(
-                f"feed {feed.feed}: {feed.new} new"
-                if feed.result == "new"
-                else f"feed {feed.feed}: not modified",
-                markup=False,
-            )
+        out.print(f"feed {feed.feed}: {feed.describe()}", markup=False)
     # Every problem is named; successes are listed one by one only when there are few.
     few = len(report.outcomes) <= LIST_LIMIT
     for outcome in report.outcomes:
@@ -381,23 +375,30 @@ def status(ctx: Context) -> None:
         "entries",
         "result",
         "failures",
+        "next attempt",
+        "last error",
         "url",
         title="Feeds",
         title_justify="left",
         box=None,
         pad_edge=False,
     )
+    now = datetime.now(UTC)
     for f in report.feeds:
-        feeds.add_row(
+        resting = f.next_attempt_at is not None and f.next_attempt_at > now
+        cells = (
             f.name,
             _when(f.last_fetch_at),
             _when(f.last_success_at),
             str(f.entries),
-            f"error: {f.last_error}" if f.last_error else (f.last_status or "never fetched"),
+            f.last_status or "never fetched",
             str(f.failures),
-            f.url,
+            _when(f.next_attempt_at) if resting else ("due" if f.last_fetch_at else "-"),
+            f"{_when(f.last_error_at)} {f.last_error}" if f.last_error else "-",
+            f"{f.url} (moved from {f.configured_url})" if f.moved else f.url,
         )
-    out.print(feeds)
+        feeds.add_row(*(Text(cell) for cell in cells))
+    out.print(feeds, markup=False)
     subs = Table(
         "subscriber",
         "topics",

@@ -53,7 +53,11 @@ class MaildirTransport:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self.box = mailbox.Maildir(self.path, create=True)
+            # mailbox creates cur/new/tmp only for a folder it creates itself: an existing empty
+            # folder (made by hand, or by `preview --output outbox/x.html`) would be refused.
+            for sub in ("tmp", "new", "cur"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True)
+            self.box = mailbox.Maildir(self.path, create=False)
         except OSError as exc:
             raise DeliveryError(
                 f"cannot open Maildir {self.path}: {exc}", transient=True, connection=True

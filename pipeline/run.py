@@ -7,26 +7,42 @@ outbox -> render -> compose -> deliver, recording each outcome.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, Protocol
 
+from .alert import feed_alert
 from .compose import compose_message, message_id, sender_address
 from .config import Settings, SubscriberConfig
-from .deliver import Attempted, Dispatcher, transport_factory
+from .deliver import Attempted, Dispatcher, Transport, transport_factory
 from .errors import DeliveryError, DigestError, FetchError, MatchError, ParseError, RenderError, StoreError
-from .fetch import FetchRequest, fetch_feeds
+from .fetch import FetchRequest, Network, fetch_feeds, next_attempt_delay
 from .match import compile_topics, index_entries, match_topics
-from .models import Digest, Entry, Match, OutgoingMessage, RenderedDigest, Section
-from .parse import parse_feed
+from .models import Digest, Entry, FetchResult, Match, OutgoingMessage, ParsedFeed, RenderedDigest, Section
+from .parse import parse_feed_bounded
 from .render import Renderer, unsubscribe_url
-from .store import FAILED, PENDING, SENDING, FeedState, NewDelivery, OutboxRow, Store, owner_id, utcnow
+from .store import (
+    ALERT_RECOVERED,
+    ALERT_SENT,
+    FAILED,
+    PENDING,
+    SENDING,
+    FeedState,
+    NewDelivery,
+    OutboxRow,
+    Store,
+    owner_id,
+    utcnow,
+)
 
 log = logging.getLogger("digest")
 
@@ -47,77 +63,198 @@ class FeedReport:
     """The outcome of fetching one feed."""
 
     feed: str
-    result: Literal["new", "not-modified", "error"]
+    result: Literal["new", "not-modified", "error", "skipped"]
     new: int = 0
-    error: str | None = None
+    error: str | None = None  # for "skipped": the error that made the feed rest
     warnings: tuple[str, ...] = ()
     status: int | None = None
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # seconds: download and parse
+    next_attempt_at: datetime | None = None  # when a failing feed is tried again
+    failures: int = 0  # consecutive failures, this one included
+    moved_to: str | None = None  # set when a permanent redirect moved the feed
+
+    def describe(self) -> str:
+        """The result in words, as ``fetch`` and ``send`` print it."""
+        if self.result == "new":
+            text = f"{self.new} new"
+        elif self.result == "not-modified":
+            text = "not modified"
+        elif self.result == "error":
+            text = f"error: {self.error}"
+            if self.next_attempt_at is not None:
+                text += f" (failure {self.failures}; next attempt after {_local(self.next_attempt_at)})"
+        else:
+            text = (
+                f"skipped: resting after {self.failures} failure(s) until {_local(self.next_attempt_at)}"
+                f" (last error: {self.error}); name it with --feed to fetch it now"
+            )
+        if self.moved_to:
+            text += f" (moved permanently to {self.moved_to})"
+        return text + "".join(f" (warning: {w})" for w in self.warnings)
+
+
+def _local(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
 def fetch_all(
-    settings: Settings, store: Store, *, feeds: Iterable[str] | None = None, clock: Clock = utcnow
+    settings: Settings,
+    store: Store,
+    *,
+    feeds: Iterable[str] | None = None,
+    force: bool = False,
+    alerts: bool = True,
+    clock: Clock = utcnow,
+    network: Network | None = None,
 ) -> list[FeedReport]:
-    """Fetch the configured feeds (or the named ones), store new entries, report per feed."""
+    """Fetch the configured feeds (or the named ones), store new entries, report per feed.
+
+    All due feeds are fetched at once (at most ``[fetch] concurrency`` at a time), each within
+    ``[fetch] timeout``; what changed is parsed in worker processes, each parse also within the
+    timeout. A feed resting after failures (its next attempt is later) is skipped and reported
+    as such, unless ``force``. Then old entries are pruned and, when ``alerts`` and ``[digest]
+    admin`` are set, the admin is told about feeds failing for longer than ``alert_after``
+    (once) and about their recovery (once). ``network`` replaces DNS and TCP (tests).
+    """
     store.sync_feeds({f.name: f.url for f in settings.feeds})
-    wanted = set(feeds) if feeds is not None else None
+    names = set(feeds) if feeds is not None else None
+    wanted = [f for f in settings.feeds if names is None or f.name in names]
     states = store.feed_states()
-    requests = [
-        FetchRequest(f.name, states[f.name].url, states[f.name].etag, states[f.name].last_modified)
-        for f in settings.feeds
-        if wanted is None or f.name in wanted
-    ]
-    reports = []
-    for request, outcome in fetch_feeds(
+    now = clock()
+    reports: dict[str, FeedReport] = {}
+    requests = []
+    for feed in wanted:
+        state = states[feed.name]
+        if not force and state.next_attempt_at is not None and state.next_attempt_at > now:
+            reports[feed.name] = FeedReport(
+                feed.name,
+                "skipped",
+                error=state.last_error,
+                next_attempt_at=state.next_attempt_at,
+                failures=state.failures,
+            )
+            continue
+        requests.append(
+            FetchRequest(feed.name, state.url, state.etag, state.last_modified, configured_url=feed.url)
+        )
+    timeout = settings.fetch.timeout.total_seconds()
+    fetched = fetch_feeds(
         requests,
-        timeout=settings.fetch.timeout.total_seconds(),
+        timeout=timeout,
         max_bytes=settings.fetch.max_bytes,
         concurrency=settings.fetch.concurrency,
-    ):
-        now = clock()
-        if isinstance(outcome, FetchError):
-            report = FeedReport(request.feed, "error", error=str(outcome))
-            store.record_fetch(request.feed, now=now, status="error", error=str(outcome))
-        elif outcome.content is None:
-            report = FeedReport(request.feed, "not-modified", status=outcome.status, elapsed=outcome.elapsed)
-            store.record_fetch(
-                request.feed,
-                now=now,
-                status="not modified",
-                etag=outcome.etag,
-                last_modified=outcome.last_modified,
-                url=outcome.permanent_url,
-            )
-        else:
-            try:
-                parsed = parse_feed(outcome)
-            except ParseError as exc:
-                report = FeedReport(
-                    request.feed, "error", error=str(exc), status=outcome.status, elapsed=outcome.elapsed
-                )
-                store.record_fetch(request.feed, now=now, status="error", error=str(exc))
-            else:
-                new = store.add_items(parsed.items, now)
-                report = FeedReport(
-                    request.feed,
-                    "new",
-                    new=new,
-                    warnings=parsed.warnings,
-                    status=outcome.status,
-                    elapsed=outcome.elapsed,
-                )
-                store.record_fetch(
-                    request.feed,
-                    now=now,
-                    status=f"{new} new",
-                    new=new,
-                    etag=outcome.etag,
-                    last_modified=outcome.last_modified,
-                    url=outcome.permanent_url,
-                )
+        network=network,
+    )
+    changed = {
+        request.feed: outcome
+        for request, outcome in fetched
+        if isinstance(outcome, FetchResult)
+        and outcome.content is not None
+        and body_hash(outcome.content) != states[request.feed].body_hash
+    }
+    parsed = _parse_all(changed, time_limit=timeout, workers=settings.fetch.concurrency)
+    for request, outcome in fetched:
+        state = states[request.feed]
+        reports[request.feed] = _store_feed(store, state, outcome, parsed.get(request.feed), clock)
+    hollowed, forgotten = store.prune(clock(), settings.digest.retain)
+    if hollowed or forgotten:
+        log.info("prune entries=%d identities=%d", hollowed, forgotten)
+    if alerts:
+        send_feed_alerts(settings, store, [f.name for f in wanted], clock=clock)
+    ordered = [reports[f.name] for f in wanted]
+    for report in ordered:
         _log_feed(report)
-        reports.append(report)
-    return reports
+    return ordered
+
+
+def body_hash(content: bytes) -> str:
+    """What identifies a body: the same bytes as last time need no parsing."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def _parse_all(
+    results: dict[str, FetchResult], *, time_limit: float, workers: int
+) -> dict[str, tuple[ParsedFeed | ParseError, float]]:
+    """Parse each changed feed in a worker process, a few at a time; with the time each took."""
+    if not results:
+        return {}
+
+    def one(result: FetchResult) -> tuple[ParsedFeed | ParseError, float]:
+        started = time.monotonic()
+        try:
+            outcome: ParsedFeed | ParseError = parse_feed_bounded(result, time_limit=time_limit)
+        except ParseError as exc:
+            outcome = exc
+        return outcome, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(results), workers, os.cpu_count() or 1))) as pool:
+        return dict(zip(results, pool.map(one, results.values()), strict=True))
+
+
+def _store_feed(
+    store: Store,
+    state: FeedState,
+    outcome: FetchResult | FetchError,
+    parsed: tuple[ParsedFeed | ParseError, float] | None,
+    clock: Clock,
+) -> FeedReport:
+    """Record one feed's outcome: its new entries, or its failure and when to try again."""
+    now = clock()
+    name = state.name
+    elapsed = outcome.elapsed
+    failure: FetchError | ParseError | None = outcome if isinstance(outcome, FetchError) else None
+    if parsed is not None:
+        elapsed += parsed[1]
+        if isinstance(parsed[0], ParseError):
+            failure = parsed[0]
+    if failure is not None:
+        failures = state.failures + 1
+        retry_at = now + next_attempt_delay(failures, failure if isinstance(failure, FetchError) else None)
+        store.record_fetch(name, now=now, status="error", error=str(failure), next_attempt_at=retry_at)
+        return FeedReport(
+            name,
+            "error",
+            error=str(failure),
+            status=outcome.status,
+            elapsed=elapsed,
+            next_attempt_at=retry_at,
+            failures=failures,
+        )
+    assert isinstance(outcome, FetchResult)
+    moved = outcome.permanent_url
+    if parsed is None:  # 304, an unchanged local file, or the same bytes as last time
+        store.touch_feed(name, now)
+        store.record_fetch(
+            name,
+            now=now,
+            status="not modified",
+            etag=outcome.etag,
+            last_modified=outcome.last_modified,
+            url=moved,
+        )
+        return FeedReport(name, "not-modified", status=outcome.status, elapsed=elapsed, moved_to=moved)
+    feed = parsed[0]
+    assert isinstance(feed, ParsedFeed) and outcome.content is not None
+    new = store.add_items(feed.items, now)
+    store.record_fetch(
+        name,
+        now=now,
+        status=f"{new} new",
+        new=new,
+        etag=outcome.etag,
+        last_modified=outcome.last_modified,
+        url=moved,
+        body_hash=body_hash(outcome.content),
+    )
+    return FeedReport(
+        name,
+        "new",
+        new=new,
+        warnings=feed.warnings,
+        status=outcome.status,
+        elapsed=elapsed,
+        moved_to=moved,
+    )
 
 
 def feeds_of(settings: Settings, subscribers: Sequence[SubscriberConfig]) -> list[str]:
@@ -155,11 +292,96 @@ def fetch_stale(
 
 def _log_feed(report: FeedReport) -> None:
     if report.result == "error":
-        log.warning("feed=%s error=%r", report.feed, report.error)
+        log.warning(
+            "feed=%s error=%r failures=%d next_attempt=%s",
+            report.feed,
+            report.error,
+            report.failures,
+            report.next_attempt_at.isoformat() if report.next_attempt_at else "-",
+        )
+    elif report.result == "skipped":
+        log.info("feed=%s skipped=resting until=%s", report.feed, report.next_attempt_at)
     else:
-        log.info("feed=%s new=%d status=%s", report.feed, report.new, report.status or report.result)
+        log.info(
+            "feed=%s new=%d status=%s elapsed=%.2f",
+            report.feed,
+            report.new,
+            report.status or report.result,
+            report.elapsed,
+        )
+    if report.moved_to:
+        log.info("feed=%s moved_to=%s", report.feed, report.moved_to)
     for warning in report.warnings:
         log.warning("feed=%s warning=%r", report.feed, warning)
+
+
+def send_feed_alerts(settings: Settings, store: Store, feeds: Iterable[str], *, clock: Clock = utcnow) -> int:
+    """Tell ``[digest] admin`` once about each of these feeds failing for longer than
+    ``[fetch] alert_after``, and once when it works again; return how many mails went out.
+
+    The alert state is claimed atomically before sending (so two processes never both send)
+    and released when sending fails (so the next run tries again).
+    """
+    admin = settings.digest.admin
+    if not admin:
+        return 0
+    now = clock()
+    states = store.feed_states()
+    due: list[tuple[FeedState, bool]] = []
+    for name in feeds:
+        state = states.get(name)
+        if state is None:
+            continue
+        if state.alert == ALERT_RECOVERED:
+            if state.failures:  # failing again before the recovery was told: nothing new to say
+                store.set_alert(name, ALERT_RECOVERED, ALERT_SENT)
+            elif store.set_alert(name, ALERT_RECOVERED, None):
+                due.append((state, True))
+        elif (
+            state.alert is None
+            and state.failures
+            and state.failing_since is not None
+            and now - state.failing_since >= settings.fetch.alert_after
+            and store.set_alert(name, None, ALERT_SENT)
+        ):
+            due.append((state, False))
+    if not due:
+        return 0
+    sent = 0
+    make_transport = transport_factory(settings)
+    transport: Transport | None = None
+    try:
+        for state, recovered in due:
+            message = feed_alert(
+                title=settings.digest.title,
+                sender=settings.sender,
+                admin=admin,
+                feed=state.name,
+                url=state.url,
+                recovered=recovered,
+                now=now,
+                failing_since=state.failing_since,
+                failures=state.failures,
+                last_error=state.last_error,
+                next_attempt_at=state.next_attempt_at,
+            )
+            try:
+                transport = transport or make_transport()
+                transport.send(message)
+            except DeliveryError as exc:
+                if recovered:
+                    store.set_alert(state.name, None, ALERT_RECOVERED)
+                else:
+                    store.set_alert(state.name, ALERT_SENT, None)
+                log.warning("alert feed=%s to=%s error=%r (will retry)", state.name, admin, str(exc))
+                continue
+            sent += 1
+            kind = "recovered" if recovered else "failing"
+            log.info("alert feed=%s to=%s kind=%s", state.name, admin, kind)
+    finally:
+        if transport is not None:
+            transport.close()
+    return sent
 
 
 # --- plan: which entries go to whom -----------------------------------------------------------
@@ -382,7 +604,7 @@ def send(
     chosen = select_subscribers(settings, subscribers)
     report = SendReport(dry_run=dry_run)
     if fetch:
-        report.feeds = fetch_all(settings, store, clock=clock)
+        report.feeds = fetch_all(settings, store, clock=clock, alerts=not dry_run)
     now = clock()
     digests = plan_digests(settings, store, chosen, now)
     with_digest = {d.subscriber for d in digests}
@@ -632,7 +854,7 @@ def preview(
     """Render a subscriber's next digest without sending or recording anything."""
     (subscriber,) = select_subscribers(settings, [email])
     if fetch:
-        fetch_all(settings, store, clock=clock)
+        fetch_all(settings, store, clock=clock, alerts=False)
     (digest,) = plan_digests(settings, store, [subscriber], clock(), keep_empty=True)
     return digest, Renderer(settings).render(digest)
 

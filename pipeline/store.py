@@ -1,5 +1,14 @@
 """The state database: feeds, entries, subscribers and the delivery outbox (SQLAlchemy Core).
 
+Entries and their identity: an item is known by (feed, guid) in ``entry_sources``; across feeds
+the same arXiv id or canonical link is the same entry (see :meth:`Store.add_items`). Old
+entries are pruned in two steps (:meth:`Store.prune`): after ``retain`` their text is dropped
+and only their identity kept, so a feed that still carries them cannot make them new again;
+the identity itself is forgotten once no feed has carried the item for ``retain``.
+
+The ``meta`` table holds the schema version; a store opened on an older file upgrades it in
+place (:func:`_upgrade`), and refuses a newer one.
+
 Every change is one transaction per unit of work. A digest is written to the outbox, with its
 entries marked as taken for that subscriber, in one transaction before any SMTP traffic; the
 primary key on (subscriber, entry) makes it impossible for one entry to go into two digests
@@ -36,6 +45,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    case,
     create_engine,
     delete,
     event,
@@ -52,7 +62,9 @@ from sqlalchemy.types import TypeDecorator
 from .errors import StoreError
 from .models import Entry, FeedItem
 
-SCHEMA_VERSION = 1
+# 1: the first release. 2: feed health (last_error_at, failing_since, alert, body_hash),
+# entry fingerprints and pruning (entries.fingerprint, entries.pruned_at), entry_sources.last_seen.
+SCHEMA_VERSION = 2
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -94,10 +106,14 @@ feeds_table = Table(
     Column("last_fetch_at", UTCDateTime),
     Column("last_success_at", UTCDateTime),
     Column("last_status", String(64)),
-    Column("last_error", Text),
-    Column("failures", Integer, nullable=False, default=0),
-    Column("next_attempt_at", UTCDateTime),
+    Column("last_error", Text),  # kept after a recovery, with its time, for `status`
+    Column("failures", Integer, nullable=False, default=0),  # consecutive
+    Column("next_attempt_at", UTCDateTime),  # not before this (backoff, Retry-After)
     Column("last_new", Integer, nullable=False, default=0),
+    Column("last_error_at", UTCDateTime),
+    Column("failing_since", UTCDateTime),  # first failure of the current run of failures
+    Column("alert", String(16)),  # None, "sent" (admin told it fails), "recovered" (to tell)
+    Column("body_hash", String(64)),  # sha256 of the last body parsed: same bytes, no parse
 )
 
 entries_table = Table(
@@ -114,6 +130,9 @@ entries_table = Table(
     Column("first_seen", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("content_hash", String(64), nullable=False),
+    Column("fingerprint", String(64), index=True),  # title + text: recognises a changed guid
+    Column("pruned_at", UTCDateTime),  # set: text dropped, only the identity is kept
+    Index("ix_entries_first_seen", "first_seen"),
 )
 
 sources_table = Table(
@@ -122,7 +141,8 @@ sources_table = Table(
     Column("feed", String(64), primary_key=True),
     Column("guid", Text, primary_key=True),
     Column("entry_id", Integer, ForeignKey("entries.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("seen_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),  # first seen in this feed
+    Column("last_seen", UTCDateTime, index=True),  # last fetch of this feed that carried it
 )
 
 subscribers_table = Table(
@@ -174,6 +194,7 @@ leases_table = Table(
 )
 
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+ALERT_SENT, ALERT_RECOVERED = "sent", "recovered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +213,16 @@ class FeedState:
     failures: int
     next_attempt_at: datetime | None
     last_new: int
+    last_error_at: datetime | None = None
+    failing_since: datetime | None = None
+    alert: str | None = None
+    body_hash: str | None = None
     entries: int = 0
+
+    @property
+    def moved(self) -> bool:
+        """Whether a permanent redirect moved the feed away from its configured URL."""
+        return self.url != self.configured_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +308,8 @@ class Store:
                     raise StoreError(
                         f"{url}: database schema {version} is newer than this digest ({SCHEMA_VERSION})"
                     )
+                elif int(version) < SCHEMA_VERSION:
+                    _upgrade(conn, int(version))
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open state database {_safe_url(url)}: {exc.__class__.__name__}: "
@@ -306,7 +338,11 @@ class Store:
     def feed_states(self) -> dict[str, FeedState]:
         """Every feed the store knows, with its entry count."""
         counts = (
-            select(sources_table.c.feed, func.count().label("n")).group_by(sources_table.c.feed).subquery()
+            select(sources_table.c.feed, func.count().label("n"))
+            .join(entries_table, entries_table.c.id == sources_table.c.entry_id)
+            .where(entries_table.c.pruned_at.is_(None))
+            .group_by(sources_table.c.feed)
+            .subquery()
         )
         query = select(feeds_table, func.coalesce(counts.c.n, 0).label("entries")).outerjoin(
             counts, counts.c.feed == feeds_table.c.name
@@ -327,6 +363,8 @@ class Store:
                         )
                     )
                 elif row.configured_url != url:
+                    # A new URL in the config starts afresh; an unchanged one keeps where a
+                    # permanent redirect moved the feed (``url``).
                     conn.execute(
                         update(feeds_table)
                         .where(feeds_table.c.name == name)
@@ -335,9 +373,10 @@ class Store:
                             url=url,
                             etag=None,
                             last_modified=None,
+                            body_hash=None,
                             failures=0,
+                            failing_since=None,
                             next_attempt_at=None,
-                            last_error=None,
                         )
                     )
 
@@ -353,8 +392,13 @@ class Store:
         last_modified: str | None = None,
         url: str | None = None,
         next_attempt_at: datetime | None = None,
+        body_hash: str | None = None,
     ) -> None:
-        """Remember the outcome of one fetch (success when ``error`` is None)."""
+        """Remember the outcome of one fetch (success when ``error`` is None).
+
+        A success resets the failure count and, if the admin was told the feed fails, marks
+        it "recovered" (to be told too); ``url`` is where a permanent redirect moved it.
+        """
         values: dict[str, Any] = {
             "last_fetch_at": now,
             "last_status": status,
@@ -363,74 +407,165 @@ class Store:
         if error is None:
             values.update(
                 last_success_at=now,
-                last_error=None,
                 failures=0,
+                failing_since=None,
                 last_new=new,
                 etag=etag,
                 last_modified=last_modified,
+                alert=case((feeds_table.c.alert == ALERT_SENT, ALERT_RECOVERED), else_=feeds_table.c.alert),
             )
+            if body_hash is not None:
+                values["body_hash"] = body_hash
             if url:
                 values["url"] = url
         else:
-            values.update(last_error=error, failures=feeds_table.c.failures + 1)
+            values.update(
+                last_error=error,
+                last_error_at=now,
+                failures=feeds_table.c.failures + 1,
+                failing_since=func.coalesce(feeds_table.c.failing_since, now),
+            )
         with self._tx() as conn:
             conn.execute(update(feeds_table).where(feeds_table.c.name == feed).values(**values))
+
+    def set_alert(self, feed: str, expected: str | None, new: str | None) -> bool:
+        """Change a feed's alert state from ``expected`` to ``new`` atomically; False if it was
+        not ``expected`` (another process got there first)."""
+        current = feeds_table.c.alert.is_(None) if expected is None else feeds_table.c.alert == expected
+        with self._tx() as conn:
+            done = conn.execute(
+                update(feeds_table).where(feeds_table.c.name == feed, current).values(alert=new)
+            )
+            return bool(done.rowcount)
 
     # --- entries -------------------------------------------------------------------------------
 
     def add_items(self, items: Sequence[FeedItem], now: datetime) -> int:
-        """Store a feed's items; return how many are new entries.
+        """Store one fetch's items (the whole document of each feed); return how many are new.
 
-        Identity: within a feed an item is its guid. Across feeds, the same arXiv id or the
-        same canonical link is the same entry, remembered with every feed that carried it;
-        but two items of one feed with distinct guids stay distinct. An item seen before with
-        new content updates the stored entry (it is not "new" and is not sent again).
+        Identity, in this order:
+
+        1. within a feed an item is its guid (parse falls back to the link, then a hash): an
+           item seen before with new content updates the stored entry, which is not new and
+           is not sent again; two items of one feed with distinct guids stay distinct, even
+           when their links are equal;
+        2. a new guid whose title and text equal those of an entry this feed carried under a
+           guid that is no longer in the document is that entry (the feed changed its guids,
+           for example when it moved from http to https);
+        3. across feeds, the same arXiv id or the same canonical link is the same entry,
+           remembered with every feed that carried it.
+
+        Pruned entries (see :meth:`prune`) keep their identity, so they match here and are
+        never new again.
         """
         if not items:
             return 0
         new = 0
         with self._tx() as conn:
-            feeds = {item.feed for item in items}
-            guids = [item.guid for item in items]
-            known: dict[tuple[str, str], int] = {}
-            for chunk in _chunks(guids, 500):
-                rows = conn.execute(
-                    select(sources_table.c.feed, sources_table.c.guid, sources_table.c.entry_id).where(
-                        sources_table.c.feed.in_(feeds), sources_table.c.guid.in_(chunk)
+            current: dict[str, set[str]] = {}
+            for item in items:
+                current.setdefault(item.feed, set()).add(item.guid)
+            known: dict[tuple[str, str], tuple[int, str]] = {}  # -> entry id, its content hash
+            for feed, guids in current.items():
+                for chunk in _chunks(sorted(guids), 500):
+                    rows = conn.execute(
+                        select(sources_table.c.guid, sources_table.c.entry_id, entries_table.c.content_hash)
+                        .join(entries_table, entries_table.c.id == sources_table.c.entry_id)
+                        .where(sources_table.c.feed == feed, sources_table.c.guid.in_(chunk))
                     )
-                )
-                known.update({(r.feed, r.guid): r.entry_id for r in rows})
+                    known.update({(feed, r.guid): (r.entry_id, r.content_hash) for r in rows})
+                    conn.execute(
+                        update(sources_table)
+                        .where(sources_table.c.feed == feed, sources_table.c.guid.in_(chunk))
+                        .values(last_seen=now)
+                    )
             for item in items:
                 digest = _content_hash(item)
-                entry_id = known.get((item.feed, item.guid))
-                if entry_id is not None:
+                entry_id, stored_hash = known.get((item.feed, item.guid), (None, digest))
+                if entry_id is None:
+                    entry_id = self._renamed(conn, item, current[item.feed])
+                    stored_hash = ""  # a renamed entry may have a new link: compare below
+                    if entry_id is None:
+                        entry_id = self._same_item(conn, item)
+                        stored_hash = digest  # another feed's copy of the item: keep it
+                    if entry_id is None:
+                        entry_id = conn.execute(
+                            insert(entries_table).values(
+                                {
+                                    "published": now,
+                                    **_entry_values(item),
+                                    "content_hash": digest,
+                                    "first_seen": now,
+                                    "updated_at": now,
+                                }
+                            )
+                        ).inserted_primary_key[0]  # type: ignore[index]
+                        new += 1
+                    conn.execute(
+                        insert(sources_table).values(
+                            feed=item.feed, guid=item.guid, entry_id=entry_id, seen_at=now, last_seen=now
+                        )
+                    )
+                    known[(item.feed, item.guid)] = (entry_id, digest)
+                # An edit (same identity, new content) updates the copy, unless it was pruned.
+                # Only the feed that first carried the entry edits it: otherwise two feeds with
+                # different copies of one paper would overwrite each other on every fetch.
+                if stored_hash != digest and self._owns(conn, entry_id, item):
                     conn.execute(
                         update(entries_table)
-                        .where(entries_table.c.id == entry_id, entries_table.c.content_hash != digest)
+                        .where(
+                            entries_table.c.id == entry_id,
+                            entries_table.c.content_hash != digest,
+                            entries_table.c.pruned_at.is_(None),
+                        )
                         .values(**_entry_values(item), content_hash=digest, updated_at=now)
                     )
-                    continue
-                entry_id = self._same_item(conn, item)
-                if entry_id is None:
-                    entry_id = conn.execute(
-                        insert(entries_table).values(
-                            {
-                                "published": now,
-                                **_entry_values(item),
-                                "content_hash": digest,
-                                "first_seen": now,
-                                "updated_at": now,
-                            }
-                        )
-                    ).inserted_primary_key[0]  # type: ignore[index]
-                    new += 1
-                conn.execute(
-                    insert(sources_table).values(
-                        feed=item.feed, guid=item.guid, entry_id=entry_id, seen_at=now
-                    )
-                )
-                known[(item.feed, item.guid)] = entry_id
         return new
+
+    def touch_feed(self, feed: str, now: datetime) -> None:
+        """The feed is unchanged (304, or the same bytes): the items of its last document are
+        still carried, as far as pruning is concerned."""
+        last = select(func.max(sources_table.c.last_seen)).where(sources_table.c.feed == feed)
+        with self._tx() as conn:
+            conn.execute(
+                update(sources_table)
+                .where(sources_table.c.feed == feed, sources_table.c.last_seen == last.scalar_subquery())
+                .values(last_seen=now)
+            )
+
+    @staticmethod
+    def _owns(conn: Connection, entry_id: int, item: FeedItem) -> bool:
+        """Whether this item's feed is the first that carried the entry (its copy is the one kept)."""
+        first = conn.execute(
+            select(sources_table.c.feed)
+            .where(sources_table.c.entry_id == entry_id)
+            .order_by(sources_table.c.seen_at, sources_table.c.feed)
+            .limit(1)
+        ).scalar()
+        return first == item.feed
+
+    @staticmethod
+    def _renamed(conn: Connection, item: FeedItem, current: set[str]) -> int | None:
+        """An entry of this feed with the same title and text whose guids all left the document."""
+        fingerprint = _fingerprint(item)
+        if fingerprint is None:
+            return None
+        candidates = conn.execute(
+            select(sources_table.c.entry_id)
+            .join(entries_table, entries_table.c.id == sources_table.c.entry_id)
+            .where(sources_table.c.feed == item.feed, entries_table.c.fingerprint == fingerprint)
+            .distinct()
+            .order_by(sources_table.c.entry_id)
+        ).scalars()
+        for entry_id in candidates:
+            guids = conn.execute(
+                select(sources_table.c.guid).where(
+                    sources_table.c.feed == item.feed, sources_table.c.entry_id == entry_id
+                )
+            ).scalars()
+            if not any(guid in current for guid in guids):
+                return int(entry_id)
+        return None
 
     @staticmethod
     def _same_item(conn: Connection, item: FeedItem) -> int | None:
@@ -451,23 +586,70 @@ class Store:
         ).scalar()
         return found
 
+    def prune(self, now: datetime, retain: timedelta) -> tuple[int, int]:
+        """Prune old entries; return (entries whose text was dropped, identities forgotten).
+
+        An entry first seen more than ``retain`` ago loses its text (title and link stay) and
+        is no longer offered to anyone, unless a digest holding it is still in the outbox. Its
+        identity stays while any feed carries it and for ``retain`` after the last fetch that
+        did, so an old item a feed still lists is recognised and never sent again. The entry
+        with the highest id is never deleted: SQLite would hand its id out again, and an id
+        in ``delivered_entries`` must never name a different entry.
+        """
+        cutoff = now - retain
+        busy = (
+            select(taken_table.c.entry_id)
+            .join(deliveries_table, deliveries_table.c.id == taken_table.c.delivery_id)
+            .where(deliveries_table.c.state.in_([PENDING, SENDING]))
+        )
+        with self._tx() as conn:
+            hollowed = conn.execute(
+                update(entries_table)
+                .where(
+                    entries_table.c.pruned_at.is_(None),
+                    entries_table.c.first_seen < cutoff,
+                    entries_table.c.id.not_in(busy),
+                )
+                .values(pruned_at=now, summary_html="", authors=[], categories=[])
+            ).rowcount
+            seen = select(sources_table.c.entry_id).where(sources_table.c.last_seen >= cutoff)
+            newest = select(func.max(entries_table.c.id)).scalar_subquery()
+            doomed = [
+                row.id
+                for row in conn.execute(
+                    select(entries_table.c.id).where(
+                        entries_table.c.pruned_at.is_not(None),
+                        entries_table.c.id.not_in(seen),
+                        entries_table.c.id < newest,
+                    )
+                )
+            ]
+            for chunk in _chunks(doomed, 500):
+                conn.execute(delete(sources_table).where(sources_table.c.entry_id.in_(chunk)))
+                conn.execute(delete(entries_table).where(entries_table.c.id.in_(chunk)))
+        return hollowed, len(doomed)
+
     def entries_since(self, cutoff: datetime) -> list[Entry]:
         """Entries published (or, undated, first seen) at or after ``cutoff``, newest first."""
         with self._tx() as conn:
             rows = conn.execute(
                 select(entries_table)
-                .where(entries_table.c.published >= cutoff)
+                .where(entries_table.c.published >= cutoff, entries_table.c.pruned_at.is_(None))
                 .order_by(entries_table.c.published.desc(), entries_table.c.id.desc())
             ).all()
             return self._entries(conn, rows)
 
     def entries_by_id(self, ids: Iterable[int]) -> dict[int, Entry]:
-        """The stored entries with these ids (missing ids are simply absent)."""
+        """The stored entries with these ids (missing or pruned ids are simply absent)."""
         wanted = sorted(set(ids))
         out: dict[int, Entry] = {}
         with self._tx() as conn:
             for chunk in _chunks(wanted, 500):
-                rows = conn.execute(select(entries_table).where(entries_table.c.id.in_(chunk))).all()
+                rows = conn.execute(
+                    select(entries_table).where(
+                        entries_table.c.id.in_(chunk), entries_table.c.pruned_at.is_(None)
+                    )
+                ).all()
                 out.update({e.id: e for e in self._entries(conn, rows)})
         return out
 
@@ -785,6 +967,7 @@ def _entry_values(item: FeedItem) -> dict[str, Any]:
         "summary_html": item.summary_html,
         "authors": list(item.authors),
         "categories": list(item.categories),
+        "fingerprint": _fingerprint(item),
     }
     if item.published is not None:
         values["published"] = item.published
@@ -796,6 +979,45 @@ def _content_hash(item: FeedItem) -> str:
         [item.title, item.link, item.summary_html, item.authors, item.categories], ensure_ascii=False
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _fingerprint(item: FeedItem) -> str | None:
+    """Title and text, to recognise an entry whose guid changed; None when there is no text
+    (a title alone, such as "Weekly notes", says too little)."""
+    return _fingerprint_of(item.title, item.summary_html)
+
+
+def _fingerprint_of(title: str, summary_html: str) -> str | None:
+    if not summary_html.strip():
+        return None
+    return hashlib.sha256(json.dumps([title, summary_html], ensure_ascii=False).encode()).hexdigest()
+
+
+def _upgrade(conn: Connection, version: int) -> None:
+    """Bring a database written by an older digest up to :data:`SCHEMA_VERSION`, in place."""
+    if version < 2:
+        added = {
+            feeds_table: ("last_error_at", "failing_since", "alert", "body_hash"),
+            entries_table: ("fingerprint", "pruned_at"),
+            sources_table: ("last_seen",),
+        }
+        for table, names in added.items():
+            for name in names:
+                column = table.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+        for table in added:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
+        conn.execute(update(sources_table).values(last_seen=sources_table.c.seen_at))
+        rows = conn.execute(select(entries_table.c.id, entries_table.c.title, entries_table.c.summary_html))
+        for row in rows.all():
+            conn.execute(
+                update(entries_table)
+                .where(entries_table.c.id == row.id)
+                .values(fingerprint=_fingerprint_of(row.title, row.summary_html))
+            )
+    conn.execute(update(meta_table).where(meta_table.c.key == "schema").values(value=str(SCHEMA_VERSION)))
 
 
 def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -214,7 +214,7 @@ class Daemon:
     def text(self) -> str:
         return self.log.read_text()
 
-    def wait_log(self, pattern: str, timeout: float = 20) -> None:
+    def wait_log(self, pattern: str, timeout: float = 60) -> None:
         try:
             wait_for(lambda: re.search(pattern, self.text()) is not None, timeout)
         except AssertionError:
@@ -229,7 +229,7 @@ class Daemon:
 
 
 def wait_for(
-    predicate: Callable[[], bool], timeout: float = 20, message: str = "condition not reached"
+    predicate: Callable[[], bool], timeout: float = 60, message: str = "condition not reached"
 ) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -259,10 +259,10 @@ def test_run_delivers_on_schedule_new_entries_next_time_and_stops_on_sigterm(
     config = run_config(tmp_path, feed_server, smtp_server, [("ada@example.org", "every 2s")])
     daemon = Daemon(config, tmp_path / "run.log")
     daemons.append(daemon)
-    wait_for(lambda: len(smtp_server.handler.to("ada@example.org")) == 1, 20, "no scheduled digest")
+    wait_for(lambda: len(smtp_server.handler.to("ada@example.org")) == 1, 60, "no scheduled digest")
     assert received(smtp_server, "ada@example.org") == [{"SNN one", "SNN two"}]
     write_feed(feed_server, ["SNN one", "SNN two", "SNN three"])
-    wait_for(lambda: len(smtp_server.handler.to("ada@example.org")) == 2, 20, "no second digest")
+    wait_for(lambda: len(smtp_server.handler.to("ada@example.org")) == 2, 60, "no second digest")
     assert received(smtp_server, "ada@example.org")[1] == {"SNN three"}
     time.sleep(4.5)  # two more scheduled times: nothing new, so nothing sent
     assert len(smtp_server.handler.to("ada@example.org")) == 2
@@ -297,7 +297,7 @@ def test_a_second_run_is_refused_and_a_send_during_run_doubles_nothing(
             capture_output=True,
             timeout=60,
         )
-    wait_for(lambda: all(smtp_server.handler.to(e) for e, _ in people), 20, "not everyone got a digest")
+    wait_for(lambda: all(smtp_server.handler.to(e) for e, _ in people), 60, "not everyone got a digest")
     time.sleep(3)
     for email, _ in people:
         got = Counter(t for digest in received(smtp_server, email) for t in digest)
@@ -312,7 +312,7 @@ def test_sighup_adds_a_subscriber_and_a_broken_config_keeps_the_old_one(
     config = run_config(tmp_path, feed_server, smtp_server, [("ada@example.org", "every 2s")])
     daemon = Daemon(config, tmp_path / "run.log")
     daemons.append(daemon)
-    wait_for(lambda: len(smtp_server.handler.to("ada@example.org")) == 1, 20, "no digest for ada")
+    wait_for(lambda: len(smtp_server.handler.to("ada@example.org")) == 1, 60, "no digest for ada")
     good = config.read_text()
     config.write_text(
         good.replace(
@@ -324,7 +324,7 @@ def test_sighup_adds_a_subscriber_and_a_broken_config_keeps_the_old_one(
     )
     daemon.process.send_signal(signal.SIGHUP)
     daemon.wait_log(r"config reloaded .*added digest:bob@example\.org \(every 2s UTC\)")
-    wait_for(lambda: len(smtp_server.handler.to("bob@example.org")) == 1, 20, "no digest for bob")
+    wait_for(lambda: len(smtp_server.handler.to("bob@example.org")) == 1, 60, "no digest for bob")
     assert received(smtp_server, "bob@example.org") == [{"SNN one"}]
 
     config.write_text(good.replace('topics = ["snn"]', 'topics = ["nope"]'))
@@ -332,7 +332,7 @@ def test_sighup_adds_a_subscriber_and_a_broken_config_keeps_the_old_one(
     daemon.wait_log(r"reload failed, keeping the running config: .*unknown topic 'nope'")
     write_feed(feed_server, ["SNN one", "SNN two"])
     wait_for(
-        lambda: len(smtp_server.handler.to("bob@example.org")) == 2, 20, "the old config stopped working"
+        lambda: len(smtp_server.handler.to("bob@example.org")) == 2, 60, "the old config stopped working"
     )
     assert daemon.stop() < 10 and daemon.process.returncode == 0
 
@@ -353,7 +353,7 @@ def test_downtime_gives_exactly_one_catch_up_digest(
         store.mark_scheduled("ada@example.org", datetime.now(UTC) - timedelta(days=40))
     daemon = Daemon(config, tmp_path / "run.log")
     daemons.append(daemon)
-    wait_for(lambda: len(smtp_server.handler.to("ada@example.org")) == 1, 20, "no catch-up digest")
+    wait_for(lambda: len(smtp_server.handler.to("ada@example.org")) == 1, 60, "no catch-up digest")
     daemon.wait_log(r"digest to=bob@example\.org first-scheduled")
     time.sleep(3)
     assert len(smtp_server.handler.to("ada@example.org")) == 1
