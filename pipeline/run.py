@@ -156,9 +156,9 @@ def fetch_all(
     for request, outcome in fetched:
         state = states[request.feed]
         reports[request.feed] = _store_feed(store, state, outcome, parsed.get(request.feed), clock)
-    hollowed, forgotten = store.prune(clock(), settings.digest.retain)
-    if hollowed or forgotten:
-        log.info("prune entries=%d identities=%d", hollowed, forgotten)
+    hollowed, forgotten, dropped = store.prune(clock(), settings.digest.retain)
+    if hollowed or forgotten or dropped:
+        log.info("prune entries=%d identities=%d deliveries=%d", hollowed, forgotten, dropped)
     if alerts:
         send_feed_alerts(settings, store, [f.name for f in wanted], clock=clock)
     ordered = [reports[f.name] for f in wanted]

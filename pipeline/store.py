@@ -586,8 +586,8 @@ class Store:
         ).scalar()
         return found
 
-    def prune(self, now: datetime, retain: timedelta) -> tuple[int, int]:
-        """Prune old entries; return (entries whose text was dropped, identities forgotten).
+    def prune(self, now: datetime, retain: timedelta) -> tuple[int, int, int]:
+        """Prune old state; return (entries hollowed, identities forgotten, outbox rows dropped).
 
         An entry first seen more than ``retain`` ago loses its text (title and link stay) and
         is no longer offered to anyone, unless a digest holding it is still in the outbox. Its
@@ -627,7 +627,27 @@ class Store:
             for chunk in _chunks(doomed, 500):
                 conn.execute(delete(sources_table).where(sources_table.c.entry_id.in_(chunk)))
                 conn.execute(delete(entries_table).where(entries_table.c.id.in_(chunk)))
-        return hollowed, len(doomed)
+            # A finished digest older than ``retain`` whose entries can no longer be offered to
+            # anyone (all hollowed or gone) is forgotten with its taken rows: nothing can resurface.
+            live = (
+                select(taken_table.c.delivery_id)
+                .join(entries_table, entries_table.c.id == taken_table.c.entry_id)
+                .where(entries_table.c.pruned_at.is_(None))
+            )
+            old = [
+                row.id
+                for row in conn.execute(
+                    select(deliveries_table.c.id).where(
+                        deliveries_table.c.state.in_([SENT, FAILED]),
+                        deliveries_table.c.created_at < cutoff,
+                        deliveries_table.c.id.not_in(live),
+                    )
+                )
+            ]
+            for chunk in _chunks(old, 500):
+                conn.execute(delete(taken_table).where(taken_table.c.delivery_id.in_(chunk)))
+                conn.execute(delete(deliveries_table).where(deliveries_table.c.id.in_(chunk)))
+        return hollowed, len(doomed), len(old)
 
     def entries_since(self, cutoff: datetime) -> list[Entry]:
         """Entries published (or, undated, first seen) at or after ``cutoff``, newest first."""
@@ -933,15 +953,6 @@ class Store:
                 select(deliveries_table.c.state, func.count()).group_by(deliveries_table.c.state)
             )
             return {row[0]: row[1] for row in rows}
-
-    def forget_deliveries_before(self, cutoff: datetime) -> int:
-        """Drop finished outbox rows older than ``cutoff`` (their taken entries go with them)."""
-        with self._tx() as conn:
-            old = select(deliveries_table.c.id).where(
-                deliveries_table.c.state.in_([SENT, FAILED]), deliveries_table.c.created_at < cutoff
-            )
-            conn.execute(delete(taken_table).where(taken_table.c.delivery_id.in_(old)))
-            return conn.execute(delete(deliveries_table).where(deliveries_table.c.id.in_(old))).rowcount
 
 
 def _outbox_row(row: Any) -> OutboxRow:

@@ -582,3 +582,21 @@ def test_sigterm_finishes_the_message_in_flight_and_returns_the_rest(tmp_path: P
         )
     finally:
         controller.stop()
+
+
+def test_old_finished_digests_are_forgotten_without_any_resend(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    config = many(tmp_path, 2, smtp_section(smtp_server), extra_digest='retain = "1d"')
+    settings = load_settings(config)
+    start = utcnow()
+    with Store(settings.digest.database_url) as store:
+        assert run.send(settings, store, clock=lambda: start).count("sent") == 2
+        later = start + timedelta(days=3)
+        again = run.send(settings, store, clock=lambda: later)  # fetches, prunes, plans
+        assert again.outcomes == []
+        assert sorted(again.nothing_new) == ["user0@example.org", "user1@example.org"]
+    assert rows(tmp_path) == []  # the sent digests and their taken entries are gone
+    with sqlite3.connect(tmp_path / "state" / "digest.db") as db:
+        assert db.execute("select count(*) from delivered_entries").fetchone() == (0,)
+    assert len(smtp_server.handler.messages) == 2
