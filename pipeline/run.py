@@ -678,10 +678,11 @@ class _Delivery:
         self.lease_renewed = time.monotonic()
 
     def run(self) -> None:
-        exhausted = False
+        exhausted = abandoned = False
         while True:
-            if self.stop.is_set() and not exhausted:
-                exhausted = True
+            # (abandoned, not exhausted: a stop after the last claim must still hand back the queue)
+            if self.stop.is_set() and not abandoned:
+                exhausted = abandoned = True
                 if self.dispatcher is not None:
                     self.dispatcher.abandon(INTERRUPTED)
             room = len(self.held) < self.WINDOW and not (self.dispatcher and self.dispatcher.unreachable)
