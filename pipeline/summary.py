@@ -26,6 +26,11 @@ ALLOWED_TAGS = frozenset(
     {"p", "br", "b", "strong", "i", "em", "a", "ul", "ol", "li", "code", "pre", "blockquote", "sub", "sup"}
 )
 LINK_SCHEMES = ("http://", "https://", "mailto:")
+# Elements whose content is not text to show (code, raw text, embedded documents): dropped whole.
+DROPPED_WITH_CONTENT = frozenset(
+    {"script", "style", "iframe", "noscript", "noembed", "noframes", "xmp", "template", "object", "embed",
+     "applet", "title", "textarea", "select", "frameset", "head"}
+)  # fmt: skip
 MAX_IMAGES = 3  # per summary, with ``[digest] images = true``
 MAX_IMAGE_WIDTH = 560  # the 600 px column less its padding
 MAX_IMAGE_HEIGHT = 800
@@ -96,7 +101,7 @@ def sanitize_html(fragment: str, *, images: bool = False) -> str:
         url_schemes={"http", "https", "mailto"},
         attribute_filter=_attribute_filter(images),  # type: ignore[arg-type]
         link_rel="noopener noreferrer",
-        clean_content_tags={"script", "style"},
+        clean_content_tags=DROPPED_WITH_CONTENT,
         strip_comments=True,
     )
     if _DEAD_LINK in clean:

@@ -19,6 +19,8 @@ from pathlib import Path
 import jinja2
 import lxml.html
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from samples import HOSTILE_ITEMS, sample_config, sample_digests
 
 from pipeline.errors import RenderError
@@ -439,3 +441,42 @@ def test_text_contrast_is_readable_in_both_colour_schemes(dark: bool) -> None:
     assert _contrast(c[".footer color"], c[".footer background-color"]) >= 7
     assert _contrast(c[".footer a color"], c[".footer background-color"]) >= 4.5
     assert _contrast(c["mark color"], c["mark background-color"]) >= 7
+
+
+fragments = st.lists(
+    st.sampled_from(
+        [
+            '<p class="a">',
+            "</p>",
+            '<a href="https://x.example/?a=1&amp;b=2" title="t &amp; u">',
+            "</a>",
+            "<br>",
+            "<pre>",
+            "</pre>",
+            "<title>T</title>",
+            "<!-- c -->",
+            "\n",
+            "  ",
+            "text &amp; more",
+            "&nbsp;x",
+            "a < b",
+            "Ünïcödé · …",
+            '<img alt="x" src="https://i.example/a.png">',
+        ]
+    ),
+    max_size=25,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fragments)
+def test_match_shape_agrees_with_shape_of(fragment: str) -> None:
+    from pipeline.inline import match_shape, shape_of
+
+    shape, values = shape_of(fragment)
+    assert match_shape(fragment, shape) == values
+    rebuilt = "".join(
+        literal + (value.replace("&", "&amp;").replace("<", "&lt;") if i < len(values) else "")
+        for i, (literal, value) in enumerate(zip(shape.literals, (*values, ""), strict=True))
+    )
+    assert shape_of(rebuilt)[0] == shape  # the same text, escaped anew, has the same shape

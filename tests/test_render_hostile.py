@@ -258,3 +258,31 @@ def test_any_title_or_name_parses_back_with_one_subject_and_the_same_recipient(
     assert [a.addr_spec for a in message["To"].addresses] == ["ada@example.org"]
     assert "Bcc" not in message and "Cc" not in message
     assert html == renderer.render_whole(digest).html
+
+
+@st.composite
+def tag_soup_with_plain_text(draw: st.DrawFn) -> str:
+    """Feed HTML whose text has no markup characters: whatever its tags, the text part must not."""
+    words = st.text(alphabet="abcdefgh xyz", min_size=1, max_size=12)
+    out = []
+    for _ in range(draw(st.integers(1, 15))):
+        tag = draw(st.sampled_from(TAGS))
+        # (values without <, > or quotes: a mis-nested one would rightly become text)
+        plain = [v for v in VALUES if not set(v) & set("<>\"")]
+        attrs = "".join(
+            f' {draw(st.sampled_from(ATTRS))}="{draw(st.sampled_from(plain))}"'
+            for _ in range(draw(st.integers(0, 2)))
+        )
+        out.append(draw(st.sampled_from([f"<{tag}{attrs}>", f"</{tag}>", draw(words), "<br>", "&amp;"])))
+    return "".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tag_soup_with_plain_text())
+def test_the_text_of_any_feed_html_has_nothing_of_html_left(fragment: str) -> None:
+    from pipeline.summary import html_to_text
+
+    text, links = html_to_text(sanitize_html(fragment))
+    leftover = text.replace("&", "")  # a decoded &amp; is a plain "&"
+    assert "<" not in leftover and ">" not in leftover and ";" not in leftover
+    assert all(link.startswith(("https://", "http://", "mailto:")) for link in links)
