@@ -37,7 +37,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import jinja2
-from lxml import etree
 from markupsafe import Markup
 
 from .config import Settings
@@ -346,7 +345,7 @@ class Renderer:
                 return
             try:
                 self._inline_catalogue(ctx, need)
-            except (ValueError, etree.LxmlError) as exc:
+            except (ValueError, RenderError) as exc:
                 self._warn("catalogue", f"inlining pieces failed ({exc}): inlining every email whole")
                 self.whole = True
 
@@ -584,6 +583,10 @@ class Renderer:
         start = time.perf_counter()
         try:
             return inline_pieces(pieces, keep_media=keep_media)
+        except ValueError:
+            raise
+        except Exception as exc:  # premailer, cssutils or lxml on a stylesheet they cannot take
+            raise RenderError(f"inlining the stylesheet failed: {exc!r}") from exc
         finally:
             self.premailer_calls += 1
             self.premailer_seconds += time.perf_counter() - start
@@ -593,6 +596,8 @@ class Renderer:
         start = time.perf_counter()
         try:
             return inline_css(source)
+        except Exception as exc:  # premailer, cssutils or lxml on a stylesheet they cannot take
+            raise RenderError(f"inlining the stylesheet failed: {exc!r}") from exc
         finally:
             self.premailer_calls += 1
             self.premailer_seconds += time.perf_counter() - start

@@ -211,7 +211,8 @@ def highlight_html(fragment: str, hits: Iterable[str]) -> str:
     """Sanitised HTML with hit words marked, inside text only (never in tags or attributes).
 
     Words are found in the fragment's whole text, so a phrase split by inline markup
-    ("spiking <b>neural networks</b>") is marked piece by piece in each text node.
+    ("spiking <b>neural networks</b>") is marked piece by piece in each text node. Each
+    distinct hit is marked where it first occurs: enough to see why, without a yellow page.
     """
     hits = tuple(hits)
     parts = list(tokens(fragment))
@@ -227,7 +228,13 @@ def highlight_html(fragment: str, hits: Iterable[str]) -> str:
         offsets.append(size)
         texts.append(text)
         size += len(text)
-    spans = hit_spans("".join(texts), hits)
+    whole = "".join(texts)
+    spans, seen = [], set()
+    for start, end in hit_spans(whole, hits):
+        key = " ".join(whole[start:end].casefold().split())
+        if key not in seen:
+            seen.add(key)
+            spans.append((start, end))
     if not spans:
         return fragment
     out = []
