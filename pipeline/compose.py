@@ -13,6 +13,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, parseaddr
+from functools import lru_cache
 
 from .models import Digest, OutgoingMessage, RenderedDigest
 from .text import clean_text
@@ -21,6 +22,7 @@ SUBJECT_LIMIT = 200
 NAME_LIMIT = 100
 
 
+@lru_cache(maxsize=16)  # parseaddr costs ~40 us, and every digest of a run has the same sender
 def sender_address(sender: str) -> str:
     """The bare address of a ``Name <addr>`` sender."""
     return parseaddr(sender)[1]
@@ -28,10 +30,16 @@ def sender_address(sender: str) -> str:
 
 def message_id(subscriber: str, entry_ids: list[int], created_at: datetime, sender: str) -> str:
     """A Message-ID fixed by the digest's content and time, on the sender's domain."""
-    seed = f"{subscriber}\n{created_at.isoformat()}\n{','.join(map(str, sorted(entry_ids)))}"
+    iso, stamp = _stamps(created_at)
+    seed = f"{subscriber}\n{iso}\n{','.join(map(str, sorted(entry_ids)))}"
     token = hashlib.sha256(seed.encode()).hexdigest()[:24]
     domain = sender_address(sender).rpartition("@")[2] or "localhost"
-    return f"<{created_at.strftime('%Y%m%d%H%M%S')}.{token}@{domain}>"
+    return f"<{stamp}.{token}@{domain}>"
+
+
+@lru_cache(maxsize=16)  # one run plans thousands of digests created at the same time
+def _stamps(created_at: datetime) -> tuple[str, str]:
+    return created_at.isoformat(), created_at.strftime("%Y%m%d%H%M%S")
 
 
 def header_text(value: str, limit: int) -> str:

@@ -7,8 +7,11 @@ outbox -> render -> compose -> deliver, recording each outcome.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -173,9 +176,28 @@ def plan_digests(
     entries = store.entries_since(min(cutoffs.values()))
     matches = match_topics(topics, index_entries(entries))
     taken = store.taken_entries([s.email for s in subscribers], [e.id for e in entries])
+    return select_digests(settings, subscribers, matches, taken, cutoffs, now, keep_empty=keep_empty)
+
+
+def select_digests(
+    settings: Settings,
+    subscribers: Sequence[SubscriberConfig],
+    matches: Mapping[str, Sequence[Match]],
+    taken: Mapping[str, set[int]],
+    cutoffs: Mapping[str, datetime],
+    now: datetime,
+    *,
+    keep_empty: bool = False,
+) -> list[Digest]:
+    """Each subscriber's digest from every topic's matches (best first): the pure half of planning.
+
+    ``taken`` holds the entries each subscriber already has; ``cutoffs`` the oldest publication
+    date each may still get. Each topic's matches are prepared once and shared by its subscribers.
+    """
+    views = _Views(settings, matches)
     digests = []
     for sub in subscribers:
-        sections = _sections(settings, sub, matches, taken[sub.email], cutoffs[sub.email])
+        sections = views.for_subscriber(tuple(sub.topics), cutoffs[sub.email], taken.get(sub.email, set()))
         if not sections and not (keep_empty or settings.digest.send_empty):
             continue
         ids = [m.entry.id for s in sections for m in s.matches]
@@ -192,34 +214,127 @@ def plan_digests(
     return digests
 
 
-def _sections(
-    settings: Settings,
-    sub: SubscriberConfig,
-    matches: dict[str, list[Match]],
-    taken: set[int],
-    cutoff: datetime,
-) -> tuple[Section, ...]:
-    chosen: dict[str, list[Match]] = {}
-    seen: set[int] = set()
-    for topic in sub.topics:
-        picked = chosen[topic] = []
-        for match in matches[topic]:
-            entry = match.entry
-            if entry.id in taken or entry.id in seen or entry.published < cutoff:
+@dataclass(frozen=True, slots=True)
+class _Ranked:
+    """One topic's matches in rank order, with their entry ids and ranks (ints: lower is better)."""
+
+    matches: list[Match]
+    ids: list[int]
+    ranks: list[int]
+    idset: frozenset[int]
+
+    def since(self, cutoff: datetime) -> _Ranked:
+        return self._keep([m.entry.published >= cutoff for m in self.matches])
+
+    def without(self, excluded: Iterable[int]) -> _Ranked:
+        gone = self.idset.intersection(excluded)
+        if not gone:
+            return self
+        if len(gone) * 8 > len(self.ids):
+            return self._keep(list(map(operator.not_, map(gone.__contains__, self.ids))))
+        # A few entries go (the usual overlap between two topics): copy the runs between them.
+        # Slices and list.index run in C; a loop over every entry would not, and this is done
+        # thousands of times per run.
+        holes = sorted(map(self.ids.index, gone))
+        runs = list(zip([0, *(h + 1 for h in holes)], [*holes, len(self.ids)], strict=True))
+        matches: list[Match] = []
+        ids: list[int] = []
+        ranks: list[int] = []
+        for start, end in runs:
+            matches += self.matches[start:end]
+            ids += self.ids[start:end]
+            ranks += self.ranks[start:end]
+        return _Ranked(matches, ids, ranks, self.idset - gone)
+
+    def _keep(self, mask: list[bool]) -> _Ranked:
+        if all(mask):
+            return self
+        ids = list(itertools.compress(self.ids, mask))
+        matches = list(itertools.compress(self.matches, mask))
+        return _Ranked(matches, ids, list(itertools.compress(self.ranks, mask)), frozenset(ids))
+
+
+class _Views:
+    """Each topic's matches as its subscribers see them, each variant worked out once.
+
+    What a subscriber gets under a topic depends only on the topic, the topics they list before
+    it (an entry appears under the first) and their cutoff, which thousands of subscribers share;
+    only the entries they already took are their own.
+    """
+
+    def __init__(self, settings: Settings, matches: Mapping[str, Sequence[Match]]) -> None:
+        self.settings = settings
+        # One ordering of every match of every topic, so that ranks are plain ints.
+        everything = sorted(((m, t) for t, found in matches.items() for m in found), key=_rank_pair)
+        lists: dict[str, tuple[list[Match], list[int], list[int]]] = {t: ([], [], []) for t in matches}
+        for n, (match, topic) in enumerate(everything):
+            found, ids, ranks = lists[topic]
+            found.append(match)
+            ids.append(match.entry.id)
+            ranks.append(n)
+        self.ranked = {
+            t: _Ranked(found, ids, ranks, frozenset(ids)) for t, (found, ids, ranks) in lists.items()
+        }
+        self.views: dict[tuple[str, frozenset[str], datetime], _Ranked] = {}
+        self.chosen: dict[tuple[tuple[str, ...], datetime], list[tuple[str, _Ranked]]] = {}
+        self.sections: dict[tuple[tuple[str, ...], datetime], tuple[Section, ...]] = {}
+
+    def view(self, topic: str, earlier: frozenset[str], cutoff: datetime) -> _Ranked:
+        """The topic's matches published since ``cutoff`` that none of the ``earlier`` topics holds."""
+        key = (topic, earlier, cutoff)
+        found = self.views.get(key)
+        if found is None:
+            if earlier:
+                shown = frozenset().union(*(self.view(t, frozenset(), cutoff).idset for t in earlier))
+                found = self.view(topic, frozenset(), cutoff).without(shown)
+            else:
+                found = self.ranked[topic].since(cutoff)
+            self.views[key] = found
+        return found
+
+    def for_subscriber(
+        self, topics: tuple[str, ...], cutoff: datetime, taken: set[int]
+    ) -> tuple[Section, ...]:
+        """The sections of a digest: each entry once, under the first of ``topics`` that has it."""
+        key = (topics, cutoff)
+        chosen = self.chosen.get(key)
+        if chosen is None:
+            chosen = self.chosen[key] = [
+                (topic, self.view(topic, frozenset(topics[:i]), cutoff)) for i, topic in enumerate(topics)
+            ]
+        if taken and not all(view.idset.isdisjoint(taken) for _, view in chosen):
+            return self._cut([(topic, view.without(taken)) for topic, view in chosen])
+        sections = self.sections.get(key)
+        if sections is None:
+            sections = self.sections[key] = self._cut(chosen)
+        return sections
+
+    def _cut(self, chosen: Sequence[tuple[str, _Ranked]]) -> tuple[Section, ...]:
+        # max_entries keeps the best across the whole email; the rest is counted as "and N more".
+        # Each list is in rank order, so what is kept is a prefix of each: find the worst rank kept.
+        limit = self.settings.digest.max_entries
+        worst = None
+        if sum(len(view.ids) for _, view in chosen) > limit:
+            worst = sorted(itertools.chain.from_iterable(v.ranks[:limit] for _, v in chosen))[limit - 1]
+        sections = []
+        for topic, view in chosen:
+            if not view.ids:
                 continue
-            seen.add(entry.id)
-            picked.append(match)
-    # max_entries keeps the best across the whole email; the rest is counted as "and N more".
-    ranked = sorted((m for ms in chosen.values() for m in ms), key=_rank)
-    keep = {id(m) for m in ranked[: settings.digest.max_entries]}
-    sections = []
-    for topic, picked in chosen.items():
-        if not picked:
-            continue
-        shown = tuple(m for m in picked if id(m) in keep)
-        cut = tuple(m.entry.id for m in picked if id(m) not in keep)
-        sections.append(Section(topic, settings.topic_title(topic), shown, more=len(cut), cut=cut))
-    return tuple(sections)
+            kept = len(view.ids) if worst is None else bisect.bisect_right(view.ranks, worst)
+            sections.append(
+                Section(
+                    topic,
+                    self.settings.topic_title(topic),
+                    tuple(view.matches[:kept]),
+                    more=len(view.ids) - kept,
+                    cut=tuple(view.ids[kept:]),
+                )
+            )
+        return tuple(sections)
+
+
+def _rank_pair(pair: tuple[Match, str]) -> tuple[int, float, int]:
+    return _rank(pair[0])
 
 
 def _rank(match: Match) -> tuple[int, float, int]:
