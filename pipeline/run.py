@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Literal
 
 from .compose import compose_message, message_id, sender_address
-from .config import Settings, SubscriberConfig
+from .config import Settings, SubscriberConfig, key_line
 from .deliver import Transport, open_transport
 from .errors import DeliveryError, DigestError, FetchError, MatchError, ParseError, RenderError
 from .fetch import FetchRequest, fetch_feeds
-from .match import compile_topics, index_entries, match_topics
+from .match import Explanation, compile_topics, explain, index_entries, index_entry, match_topics
 from .models import Digest, Entry, Match, RenderedDigest, Section
-from .parse import parse_feed
+from .parse import arxiv_id, canonical_link, parse_feed
 from .render import Renderer, unsubscribe_url
 from .store import FAILED, PENDING, SENDING, FeedState, NewDelivery, OutboxRow, Store, owner_id, utcnow
 
@@ -578,6 +578,85 @@ def _unsubscribe_links(settings: Settings, email: str) -> list[str]:
     return links
 
 
+# --- match: tune topics without sending ---------------------------------------------------------
+
+
+def select_topics(settings: Settings, names: Sequence[str] = (), subscriber: str | None = None) -> list[str]:
+    """The named topics (all when none are named), or those of a subscriber, in their order.
+
+    With both, the subscriber's topics among the named ones. An unknown name is an error.
+    """
+    unknown = [name for name in names if name not in settings.topics]
+    if unknown:
+        known = ", ".join(settings.topics) or "none defined"
+        raise DigestError(f"unknown topic {', '.join(unknown)} (topics: {known})")
+    chosen = list(settings.topics) if not names else list(dict.fromkeys(names))
+    if subscriber is not None:
+        (sub,) = select_subscribers(settings, [subscriber])
+        chosen = [t for t in sub.topics if t in chosen]
+        if not chosen:
+            raise DigestError(f"{sub.email} follows none of the topics {', '.join(names)}")
+    return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class TopicMatches:
+    """One topic's matching stored entries, best first."""
+
+    topic: str
+    title: str
+    matches: tuple[Match, ...]
+
+
+def find_matches(
+    settings: Settings,
+    store: Store,
+    *,
+    topics: Sequence[str] = (),
+    subscriber: str | None = None,
+    since: timedelta | None = None,
+    clock: Clock = utcnow,
+) -> list[TopicMatches]:
+    """Stored entries published within ``since`` (default: lookback) that match, per topic.
+
+    With a subscriber, their topics come in their order and an entry is listed once, under the
+    first that matches, as in their digest; entries already sent to them are listed too.
+    """
+    names = select_topics(settings, topics, subscriber)
+    compiled = compile_topics({name: settings.topics[name] for name in names})
+    entries = store.entries_since(clock() - (since or settings.digest.lookback))
+    found = match_topics(compiled, index_entries(entries))
+    listed: set[int] = set()
+    out = []
+    for name in names:
+        matches = found[name]
+        if subscriber is not None:
+            matches = [m for m in matches if m.entry.id not in listed]
+            listed.update(m.entry.id for m in matches)
+        out.append(TopicMatches(name, settings.topic_title(name), tuple(matches)))
+    return out
+
+
+def explain_entry(
+    settings: Settings,
+    store: Store,
+    ref: str,
+    *,
+    topics: Sequence[str] = (),
+    subscriber: str | None = None,
+) -> tuple[Entry, list[Explanation]]:
+    """The stored entry with this link or arXiv id, and why each topic did or did not match it."""
+    names = select_topics(settings, topics, subscriber)
+    entry = store.find_entry(link=canonical_link(ref), arxiv_id=arxiv_id(ref))
+    if entry is None:
+        raise DigestError(
+            f"no stored entry has the link or arXiv id {ref!r} (entries are stored by digest fetch)"
+        )
+    compiled = compile_topics({name: settings.topics[name] for name in names})
+    document = index_entry(entry)
+    return entry, [explain(compiled[name], document) for name in names]
+
+
 # --- preview, status, check ----------------------------------------------------------------------
 
 
@@ -642,7 +721,13 @@ def check(settings: Settings) -> list[str]:
     try:
         compile_topics(settings.topics)
     except MatchError as exc:
-        problems.extend(f"{settings.path}: {line}" for line in str(exc).splitlines())
+        try:
+            text = settings.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        for problem in exc.problems:
+            line = key_line(text, problem.key) if text and problem.key else None
+            problems.append(f"{settings.path}:{line}: {problem}" if line else f"{settings.path}: {problem}")
     try:
         Renderer(settings)
     except RenderError as exc:

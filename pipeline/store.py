@@ -447,6 +447,18 @@ class Store:
             ).all()
             return self._entries(conn, rows)
 
+    def find_entry(self, *, link: str | None = None, arxiv_id: str | None = None) -> Entry | None:
+        """The stored entry with this arXiv id, else the one with this link (the oldest if several)."""
+        with self._tx() as conn:
+            for column, value in ((entries_table.c.arxiv_id, arxiv_id), (entries_table.c.link, link)):
+                if value:
+                    row = conn.execute(
+                        select(entries_table).where(column == value).order_by(entries_table.c.id).limit(1)
+                    ).first()
+                    if row is not None:
+                        return self._entries(conn, [row])[0]
+        return None
+
     def entries_by_id(self, ids: Iterable[int]) -> dict[int, Entry]:
         """The stored entries with these ids (missing ids are simply absent)."""
         wanted = sorted(set(ids))
