@@ -175,7 +175,9 @@ def plan_digests(
         cutoffs[sub.email] = ((state.last_checked_at if state else None) or now) - lookback
     entries = store.entries_since(min(cutoffs.values()))
     matches = match_topics(topics, index_entries(entries))
-    taken = store.taken_entries([s.email for s in subscribers], [e.id for e in entries])
+    # Only matched entries can be in a digest: what was taken of the others does not matter.
+    matched = {m.entry.id for found in matches.values() for m in found}
+    taken = store.taken_entries([s.email for s in subscribers], matched)
     return select_digests(settings, subscribers, matches, taken, cutoffs, now, keep_empty=keep_empty)
 
 
@@ -195,20 +197,23 @@ def select_digests(
     date each may still get. Each topic's matches are prepared once and shared by its subscribers.
     """
     views = _Views(settings, matches)
+    titles: dict[tuple[str, ...], tuple[str, ...]] = {}
     digests = []
     for sub in subscribers:
-        sections = views.for_subscriber(tuple(sub.topics), cutoffs[sub.email], taken.get(sub.email, set()))
+        topics = tuple(sub.topics)
+        sections, shown = views.for_subscriber(topics, cutoffs[sub.email], taken.get(sub.email, set()))
         if not sections and not (keep_empty or settings.digest.send_empty):
             continue
-        ids = [m.entry.id for s in sections for m in s.matches]
+        if topics not in titles:
+            titles[topics] = tuple(settings.topic_title(t) for t in topics)
         digests.append(
             Digest(
                 subscriber=sub.email,
                 name=sub.name,
                 sections=sections,
-                topics=tuple(settings.topic_title(t) for t in sub.topics),
+                topics=titles[topics],
                 created_at=now,
-                message_id=message_id(sub.email, ids, now, settings.sender),
+                message_id=message_id(sub.email, shown, now, settings.sender),
             )
         )
     return digests
@@ -224,7 +229,8 @@ class _Ranked:
     idset: frozenset[int]
 
     def since(self, cutoff: datetime) -> _Ranked:
-        return self._keep([m.entry.published >= cutoff for m in self.matches])
+        mask = [m.entry.published >= cutoff for m in self.matches]
+        return self if all(mask) else self._keep(mask)
 
     def without(self, excluded: Iterable[int]) -> _Ranked:
         gone = self.idset.intersection(excluded)
@@ -247,8 +253,6 @@ class _Ranked:
         return _Ranked(matches, ids, ranks, self.idset - gone)
 
     def _keep(self, mask: list[bool]) -> _Ranked:
-        if all(mask):
-            return self
         ids = list(itertools.compress(self.ids, mask))
         matches = list(itertools.compress(self.matches, mask))
         return _Ranked(matches, ids, list(itertools.compress(self.ranks, mask)), frozenset(ids))
@@ -263,7 +267,8 @@ class _Views:
     """
 
     def __init__(self, settings: Settings, matches: Mapping[str, Sequence[Match]]) -> None:
-        self.settings = settings
+        self.limit = settings.digest.max_entries
+        self.titles = {topic: settings.topic_title(topic) for topic in matches}
         # One ordering of every match of every topic, so that ranks are plain ints.
         everything = sorted(((m, t) for t, found in matches.items() for m in found), key=_rank_pair)
         lists: dict[str, tuple[list[Match], list[int], list[int]]] = {t: ([], [], []) for t in matches}
@@ -277,7 +282,7 @@ class _Views:
         }
         self.views: dict[tuple[str, frozenset[str], datetime], _Ranked] = {}
         self.chosen: dict[tuple[tuple[str, ...], datetime], list[tuple[str, _Ranked]]] = {}
-        self.sections: dict[tuple[tuple[str, ...], datetime], tuple[Section, ...]] = {}
+        self.sections: dict[tuple[tuple[str, ...], datetime], tuple[tuple[Section, ...], list[int]]] = {}
 
     def view(self, topic: str, earlier: frozenset[str], cutoff: datetime) -> _Ranked:
         """The topic's matches published since ``cutoff`` that none of the ``earlier`` topics holds."""
@@ -294,8 +299,13 @@ class _Views:
 
     def for_subscriber(
         self, topics: tuple[str, ...], cutoff: datetime, taken: set[int]
-    ) -> tuple[Section, ...]:
-        """The sections of a digest: each entry once, under the first of ``topics`` that has it."""
+    ) -> tuple[tuple[Section, ...], list[int]]:
+        """A digest's sections (each entry once, under the first of ``topics`` that has it) and
+        the ids of the entries shown.
+
+        Subscribers with the same topics and cutoff who took none of these entries share them:
+        fewer objects made means less work for Python's garbage collector too.
+        """
         key = (topics, cutoff)
         chosen = self.chosen.get(key)
         if chosen is None:
@@ -304,33 +314,39 @@ class _Views:
             ]
         if taken and not all(view.idset.isdisjoint(taken) for _, view in chosen):
             return self._cut([(topic, view.without(taken)) for topic, view in chosen])
-        sections = self.sections.get(key)
-        if sections is None:
-            sections = self.sections[key] = self._cut(chosen)
-        return sections
+        planned = self.sections.get(key)
+        if planned is None:
+            planned = self.sections[key] = self._cut(chosen)
+        return planned
 
-    def _cut(self, chosen: Sequence[tuple[str, _Ranked]]) -> tuple[Section, ...]:
+    def _cut(self, chosen: Sequence[tuple[str, _Ranked]]) -> tuple[tuple[Section, ...], list[int]]:
         # max_entries keeps the best across the whole email; the rest is counted as "and N more".
         # Each list is in rank order, so what is kept is a prefix of each: find the worst rank kept.
-        limit = self.settings.digest.max_entries
+        limit = self.limit
         worst = None
         if sum(len(view.ids) for _, view in chosen) > limit:
-            worst = sorted(itertools.chain.from_iterable(v.ranks[:limit] for _, v in chosen))[limit - 1]
+            best: list[int] = []
+            for _, view in chosen:
+                best += view.ranks[:limit]
+            best.sort()
+            worst = best[limit - 1]
         sections = []
+        shown: list[int] = []
         for topic, view in chosen:
             if not view.ids:
                 continue
             kept = len(view.ids) if worst is None else bisect.bisect_right(view.ranks, worst)
+            shown += view.ids[:kept]
             sections.append(
                 Section(
                     topic,
-                    self.settings.topic_title(topic),
+                    self.titles[topic],
                     tuple(view.matches[:kept]),
                     more=len(view.ids) - kept,
                     cut=tuple(view.ids[kept:]),
                 )
             )
-        return tuple(sections)
+        return tuple(sections), shown
 
 
 def _rank_pair(pair: tuple[Match, str]) -> tuple[int, float, int]:
