@@ -67,7 +67,9 @@ def fold(word: str) -> str:
     word = word.casefold()
     if word.isascii():
         return word
-    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+    # Compatibility forms can decompose to capitals (mathematical bold A is A): fold case again.
+    word = "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c))
+    return word.casefold()
 
 
 def words(text: str) -> list[str]:
@@ -486,7 +488,7 @@ def compile_topic(name: str, topic: TopicConfig) -> CompiledTopic:
         raise MatchError("\n".join(map(str, problems)), problems=problems)
     probe = frozenset().union(*(ordered[i].phrase[0] for i in (*keywords, *scoring)))
     # Terms that find the same words (RL, rl, RLs) score once, as first written.
-    alias = tuple(next(j for j in range(i + 1) if ordered[j].same(term)) for i, term in enumerate(ordered))
+    alias = tuple(next((j for j in range(i) if ordered[j].same(term)), i) for i, term in enumerate(ordered))
     return CompiledTopic(
         name=name,
         terms=tuple(ordered),

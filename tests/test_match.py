@@ -108,6 +108,8 @@ def test_module_docstring_is_the_readme_topics_section() -> None:
         ("Gödel", "godel"),
         ("Re\u0301seau", "réseau"),  # decomposed accent (NFD) is one word too
         ("straße", "STRASSE"),
+        ("\U0001d71c", "\u03b1"),  # compatibility forms: mathematical capital alpha is alpha
+        ("ﬁne", "FINE"),
     ],
 )
 def test_same_word_folds_case_accents_and_the_simple_plural(a: str, b: str) -> None:
@@ -139,6 +141,14 @@ def test_other_word_forms_do_not_match(a: str, b: str) -> None:
 def test_words_split_on_everything_but_letters_and_digits() -> None:
     assert words("Score-based (RL)/URL: SNNs_2") == ["score", "based", "rl", "url", "snns", "2"]
     assert words("Réseaux à impulsions, «naïfs»") == ["reseaux", "a", "impulsions", "naifs"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=5))
+def test_fold_is_idempotent_so_a_word_always_matches_itself(word: str) -> None:
+    assert fold(fold(word)) == fold(word)
+    for w in words(word):
+        assert same_word(w, w)
 
 
 def test_plural_and_forms() -> None:
