@@ -8,10 +8,12 @@ outbox -> render -> compose -> deliver, recording each outcome.
 from __future__ import annotations
 
 import bisect
+import gc
 import itertools
 import logging
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -196,6 +198,37 @@ def select_digests(
     ``taken`` holds the entries each subscriber already has; ``cutoffs`` the oldest publication
     date each may still get. Each topic's matches are prepared once and shared by its subscribers.
     """
+    with _collector_paused():
+        return _select(settings, subscribers, matches, taken, cutoffs, now, keep_empty)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while planning allocates its records.
+
+    Planning for 10,000 subscribers makes ~10^5 records, none in a reference cycle, that all
+    live on; meanwhile the collector walks the whole heap once or twice for nothing (measured:
+    40% of select_digests). Reference counting still frees what is dropped.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _select(
+    settings: Settings,
+    subscribers: Sequence[SubscriberConfig],
+    matches: Mapping[str, Sequence[Match]],
+    taken: Mapping[str, set[int]],
+    cutoffs: Mapping[str, datetime],
+    now: datetime,
+    keep_empty: bool,
+) -> list[Digest]:
     views = _Views(settings, matches)
     titles: dict[tuple[str, ...], tuple[str, ...]] = {}
     digests = []
