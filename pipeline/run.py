@@ -195,8 +195,9 @@ def select_digests(
 ) -> list[Digest]:
     """Each subscriber's digest from every topic's matches (best first): the pure half of planning.
 
-    ``taken`` holds the entries each subscriber already has; ``cutoffs`` the oldest publication
-    date each may still get. Each topic's matches are prepared once and shared by its subscribers.
+    ``matches`` holds every topic of these subscribers; ``taken`` the entries each subscriber
+    already has; ``cutoffs`` the oldest publication date each may still get. Each topic's
+    matches are prepared once and shared by its subscribers.
     """
     with _collector_paused():
         return _select(settings, subscribers, matches, taken, cutoffs, now, keep_empty)
