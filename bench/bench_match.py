@@ -526,7 +526,7 @@ def main() -> None:
                 )
             print(
                 f"machine: a 1,000,000-step Python loop takes {calibrate() * 1000:.0f} ms right now "
-                "(about 30 ms on an idle modern core)"
+                "(compare runs by it: other work on the machine slows everything)"
             )
             print(
                 f"target, under 1 s: matching and selection {'meet' if pure < 1 else 'MISS'} it; "

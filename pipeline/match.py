@@ -438,7 +438,6 @@ class CompiledTopic:
     scoring: frozenset[int]  # query terms with an occurrence outside NOT: they count when the query matches
     exclude: tuple[Term, ...]
     feeds: frozenset[str]  # empty: every feed
-    probe: frozenset[str]  # a matching entry contains one of these words (first words of what can hit)
     index: Mapping[tuple[tuple[int, ...], tuple[str, ...]], int]  # Term.key -> its index in terms
     alias: tuple[int, ...]  # per term, the first term that finds the same words (itself, mostly)
 
@@ -486,7 +485,6 @@ def compile_topic(name: str, topic: TopicConfig) -> CompiledTopic:
                     scoring.add(index)
     if problems:
         raise MatchError("\n".join(map(str, problems)), problems=problems)
-    probe = frozenset().union(*(ordered[i].phrase[0] for i in (*keywords, *scoring)))
     # Terms that find the same words (RL, rl, RLs) score once, as first written.
     alias = tuple(next((j for j in range(i) if ordered[j].same(term)), i) for i, term in enumerate(ordered))
     return CompiledTopic(
@@ -499,7 +497,6 @@ def compile_topic(name: str, topic: TopicConfig) -> CompiledTopic:
         scoring=frozenset(scoring),
         exclude=exclude,
         feeds=frozenset(topic.feeds),
-        probe=probe,
         index=terms,
         alias=alias,
     )
@@ -571,16 +568,15 @@ def match_topics(
     topics: Mapping[str, CompiledTopic], documents: Sequence[Document]
 ) -> dict[str, list[Match]]:
     """Every topic's matches, best first (score, then newest), computed once per topic."""
-    # Every match contains one of its topic's probe words, so only entries holding one are judged.
-    postings: dict[str, list[int]] = {}
+    postings: dict[str, set[int]] = {}  # word -> the documents that hold it, in any field
     for n, doc in enumerate(documents):
         for word in doc.vocabulary:
-            postings.setdefault(word, []).append(n)
+            postings.setdefault(word, set()).add(n)
     found = {}
     for name, topic in topics.items():
-        candidates = sorted(set().union(*(postings.get(w, ()) for w in topic.probe)))
+        candidates = _candidates(topic, postings)
         matches = []
-        for n in candidates:
+        for n in range(len(documents)) if candidates is None else sorted(candidates):
             doc = documents[n]
             if topic.feeds and topic.feeds.isdisjoint(doc.feeds):
                 continue
@@ -590,6 +586,33 @@ def match_topics(
                 matches.append(Match(doc.entry, name, score, hits))
         matches.sort(key=_rank)
         found[name] = matches
+    return found
+
+
+def _candidates(topic: CompiledTopic, postings: Mapping[str, set[int]]) -> set[int] | None:
+    """The documents that can match: those holding the first word of a keyword, or that the
+    query's terms allow (AND intersects, OR unites); None when any document could."""
+
+    def holding(term: Term) -> set[int]:
+        return set().union(*(postings.get(word, ()) for word in term.phrase[0]))
+
+    def allowed(node: Node) -> set[int] | None:
+        if isinstance(node, Leaf):
+            return holding(node.term)
+        if isinstance(node, Not):
+            return None
+        parts = [allowed(n) for n in node.nodes]
+        known = [p for p in parts if p is not None]
+        if isinstance(node, Or):
+            return None if len(known) < len(parts) else set().union(*known)
+        return set.intersection(*sorted(known, key=len)) if known else None
+
+    found = set().union(*(holding(topic.terms[i]) for i in topic.keywords))
+    if topic.query is not None:
+        by_query = allowed(topic.query)
+        if by_query is None:
+            return None
+        found |= by_query
     return found
 
 
