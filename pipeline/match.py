@@ -206,6 +206,7 @@ class Term:
 
     @property
     def key(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
+        """The same key for the same words in the same fields, however they were spelled."""
         return (self.fields, self.words)
 
     def same(self, other: Term) -> bool:
@@ -224,21 +225,29 @@ def _term(text: str, fields: tuple[int, ...], value: str) -> Term | None:
 
 @dataclass(frozen=True, slots=True)
 class Leaf:
+    """A query term: true when the entry holds it."""
+
     term: Term
 
 
 @dataclass(frozen=True, slots=True)
 class Not:
+    """``NOT x`` or ``-x``."""
+
     node: Node
 
 
 @dataclass(frozen=True, slots=True)
 class And:
+    """``a AND b``, or ``a b``."""
+
     nodes: tuple[Node, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Or:
+    """``a OR b``."""
+
     nodes: tuple[Node, ...]
 
 
