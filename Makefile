@@ -29,6 +29,9 @@ demo: $(VENV)/.base
 	@echo "  python3 -m webbrowser file://$(CURDIR)/config/outbox/preview-ada.html"
 	@echo "Run 'make demo' again: nothing is sent twice. Start over with: rm -r config/state config/outbox"
 
+bench: $(VENV)/.base
+	$(BIN)/python bench/bench_send.py
+
 lint: $(VENV)/.test
 	$(BIN)/ruff check pipeline tests bench
 	$(BIN)/mypy --strict pipeline

@@ -8,18 +8,23 @@ command line is wrong; 3 deliveries were left pending for a later retry.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import tempfile
+import threading
 import webbrowser
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import MofNCompleteColumn, Progress, TaskID
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__, run
 from .config import Settings, config_path, format_duration, load_settings, parse_duration
@@ -29,6 +34,7 @@ from .models import Entry
 from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
+LIST_LIMIT = 20  # beyond this many digests, `send` lists only the ones that were not sent
 
 # Piped output never wraps table cells, so each feed and subscriber stays on one greppable line.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
@@ -137,9 +143,12 @@ def check(ctx: Context) -> None:
 @click.pass_obj
 @handle_errors
 def fetch(ctx: Context, feeds: tuple[str, ...]) -> None:
-    """Pull every feed once, store new entries, print a line per feed.
+    """Pull every due feed once, store new entries, print a line per feed.
 
-    Example: digest fetch
+    A feed resting after failures (backoff, or the server's Retry-After) is skipped until its
+    next attempt, and says so; a feed named with --feed is fetched now regardless.
+
+    Example: digest fetch --feed arxiv-cs
     """
     settings = ctx.settings()
     unknown = set(feeds) - {f.name for f in settings.feeds}
@@ -150,18 +159,16 @@ def fetch(ctx: Context, feeds: tuple[str, ...]) -> None:
             2,
         )
     with ctx.store(settings) as store:
-        reports = run.fetch_all(settings, store, feeds=feeds or None)
+        reports = run.fetch_all(settings, store, feeds=feeds or None, force=bool(feeds))
     _print_feeds(reports)
 
 
 def _print_feeds(reports: list[run.FeedReport]) -> None:
     table = Table("feed", "result", "time", box=None, pad_edge=False)
     for r in reports:
-        result = {"new": f"{r.new} new", "not-modified": "not modified", "error": f"error: {r.error}"}[
-            r.result
-        ]
-        table.add_row(r.feed, result + "".join(f" (warning: {w})" for w in r.warnings), f"{r.elapsed:.2f}s")
-    out.print(table)
+        # Text(): feed and server texts are shown as they are, never read as rich markup.
+        table.add_row(Text(r.feed), Text(r.describe()), "-" if r.result == "skipped" else f"{r.elapsed:.2f}s")
+    out.print(table, markup=False)
 
 
 @main.command()
@@ -190,36 +197,45 @@ def send(ctx: Context, subscribers: tuple[str, ...], dry_run: bool, no_fetch: bo
         run.select_subscribers(settings, subscribers)
     except DigestError as exc:
         _fail(f"error: {exc}", 2)
-    with ctx.store(settings) as store:
+    bar = _ProgressBar()
+    with ctx.store(settings) as store, bar, stop_on_signals() as stop:
         report = run.send(
-            settings, store, subscribers=subscribers or None, dry_run=dry_run, fetch=not no_fetch
+            settings,
+            store,
+            subscribers=subscribers or None,
+            dry_run=dry_run,
+            fetch=not no_fetch,
+            progress=bar,
+            stop=stop,
         )
     for feed in report.feeds:
-        if feed.result == "error":
-            out.print(f"feed {feed.feed}: error: {feed.error}", markup=False)
-        else:
-            out.print(
-                f"feed {feed.feed}: {feed.new} new"
-                if feed.result == "new"
-                else f"feed {feed.feed}: not modified",
-                markup=False,
-            )
+        out.print(f"feed {feed.feed}: {feed.describe()}", markup=False)
+    # Every problem is named; successes are listed one by one only when there are few.
+    few = len(report.outcomes) <= LIST_LIMIT
     for outcome in report.outcomes:
+        if outcome.status == "sent" and not few:
+            continue
         line = {
             "planned": f"would send {outcome.subscriber}: {outcome.entries} entries, "
             f"subject {outcome.subject!r}",
-            "sent": f"sent {outcome.subscriber}: {outcome.entries} entries",
+            "sent": f"sent {outcome.subscriber}: {outcome.entries} entries"
+            + (f" (after {outcome.tries} attempts)" if outcome.tries > 1 else ""),
             "pending": f"pending {outcome.subscriber}: {outcome.detail} (will retry)",
             "failed": f"failed {outcome.subscriber}: {outcome.detail}",
         }[outcome.status]
         out.print(line, markup=False)
-    for email in report.nothing_new:
-        out.print(f"nothing new for {email}", markup=False)
+    if len(report.nothing_new) <= LIST_LIMIT:
+        for email in report.nothing_new:
+            out.print(f"nothing new for {email}", markup=False)
+    if report.unreachable:
+        out.print(
+            f"SMTP server unusable, digests left in the outbox for later: {report.unreachable}", markup=False
+        )
     summary = (
         f"{report.count('planned')} digest(s) would be sent (dry run: nothing sent or recorded)"
         if dry_run
         else f"{report.count('sent')} sent, {report.count('pending')} pending, "
-        f"{report.count('failed')} failed"
+        f"{report.count('failed')} failed, {report.retried} retried"
     )
     failed_feeds = sum(1 for f in report.feeds if f.result == "error")
     out.print(
@@ -228,6 +244,55 @@ def send(ctx: Context, subscribers: tuple[str, ...], dry_run: bool, no_fetch: bo
     if settings.smtp is None and report.count("sent"):
         out.print(f"Emails are in the Maildir {settings.outbox.maildir}/new", markup=False)
     sys.exit(report.exit_code)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT / SIGTERM set the event (finish what is in flight, then stop); a second one aborts."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err.print(f"{signal.Signals(signum).name}: stopping after the messages in flight", markup=False)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _ProgressBar:
+    """A rich progress bar on a terminal, when more than a few digests are due."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def start(self, total: int) -> None:
+        if total > 5 and out.is_terminal:
+            self.bar = Progress(
+                *Progress.get_default_columns(), MofNCompleteColumn(), console=err, transient=True
+            )
+            self.task = self.bar.add_task("sending", total=total)
+            self.bar.start()
+
+    def advance(self, outcome: run.Outcome) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.advance(self.task)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @main.command()
@@ -434,23 +499,30 @@ def status(ctx: Context) -> None:
         "entries",
         "result",
         "failures",
+        "next attempt",
+        "last error",
         "url",
         title="Feeds",
         title_justify="left",
         box=None,
         pad_edge=False,
     )
+    now = datetime.now(UTC)
     for f in report.feeds:
-        feeds.add_row(
+        resting = f.next_attempt_at is not None and f.next_attempt_at > now
+        cells = (
             f.name,
             _when(f.last_fetch_at),
             _when(f.last_success_at),
             str(f.entries),
-            f"error: {f.last_error}" if f.last_error else (f.last_status or "never fetched"),
+            f.last_status or "never fetched",
             str(f.failures),
-            f.url,
+            _when(f.next_attempt_at) if resting else ("due" if f.last_fetch_at else "-"),
+            f"{_when(f.last_error_at)} {f.last_error}" if f.last_error else "-",
+            f"{f.url} (moved from {f.configured_url})" if f.moved else f.url,
         )
-    out.print(feeds)
+        feeds.add_row(*(Text(cell) for cell in cells))
+    out.print(feeds, markup=False)
     subs = Table(
         "subscriber",
         "topics",

@@ -291,6 +291,8 @@ class SmtpSection(_Section):
     connections: int = Field(1, ge=1, le=32)
     ca_file: str | None = None
     timeout: Duration = timedelta(seconds=30)
+    retries: int = Field(3, ge=1, le=10)
+    retry_delay: Duration = timedelta(seconds=2)
     give_up_after: Duration = timedelta(days=2)
 
     @field_validator("ca_file")

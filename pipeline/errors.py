@@ -8,6 +8,7 @@ into a message and an exit code (never a traceback).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 
 class DigestError(Exception):
@@ -23,7 +24,19 @@ class ConfigError(DigestError):
 
 
 class FetchError(DigestError):
-    """A feed could not be downloaded."""
+    """A feed could not be downloaded.
+
+    ``status`` is the HTTP status when the server answered, ``retry_after`` the delay it asked
+    for (429/503 with Retry-After), ``elapsed`` how long the attempt took in seconds.
+    """
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: timedelta | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.elapsed = 0.0
 
 
 class ParseError(DigestError):
@@ -57,13 +70,17 @@ class DeliveryError(DigestError):
     """A message could not be delivered.
 
     ``transient`` says whether trying again later may succeed (4xx replies, 552, connection
-    problems) or not (other 5xx replies, a refused address).
+    problems) or not (other 5xx replies, a refused address). ``connection`` says the server
+    could not be used at all (no connection, TLS or login failed): no message can go now.
     """
 
-    def __init__(self, message: str, *, transient: bool, code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, transient: bool, code: int | None = None, connection: bool = False
+    ) -> None:
         super().__init__(message)
         self.transient = transient
         self.code = code
+        self.connection = connection
 
 
 class ScheduleError(DigestError):

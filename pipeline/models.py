@@ -39,7 +39,7 @@ class FeedItem:
     summary_html: str  # as the feed gave it: sanitised only when rendered
     authors: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
-    published: datetime | None = None
+    published: datetime | None = None  # published, else updated; None: the store uses first-seen
     arxiv_id: str | None = None
 
 
@@ -50,6 +50,7 @@ class ParsedFeed:
     feed: str
     items: tuple[FeedItem, ...]
     warnings: tuple[str, ...] = ()
+    version: str = ""  # feedparser's name for the format: rss20, rss10, atom10, ...
 
 
 @dataclass(frozen=True, slots=True)

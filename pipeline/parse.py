@@ -1,8 +1,30 @@
 """Turn a feed's bytes into normalised :class:`FeedItem` records.
 
-feedparser only ever sees bytes (and the response headers, for the charset). Everything a feed
-says is untrusted: titles lose control characters, links keep only http(s) and lose tracking
-parameters, summaries stay HTML here and are sanitised when rendered.
+feedparser only ever sees bytes (and the response headers, for the charset and the base of
+relative links); it reads RSS 0.9x, 1.0 (RDF) and 2.0 and Atom. Everything a feed says is
+untrusted:
+
+- **ids**: an item is its guid (Atom ``id``, RSS ``guid``, RDF ``rdf:about``), else its
+  canonical link, else a hash of its title and text;
+- **links** keep only http(s), lose tracking parameters (``utm_*``, ``fbclid``, ...) and
+  default ports, and keep the fragment (comment feeds tell entries apart only by it);
+- **titles** lose control characters and collapse whitespace; an entry without a title gets
+  the first words of its text with an ellipsis;
+- **dates** are timezone-aware UTC: published, else updated, else none (the store then uses
+  the time it first saw the entry);
+- **arXiv ids** are read from the id, the guid and the link, whatever the spelling
+  (``2403.12345``, ``oai:arXiv.org:2403.12345v1``, ``arxiv.org/abs/2403.12345v2``,
+  ``huggingface.co/papers/2403.12345`` are one paper);
+- summaries stay HTML here and are sanitised when rendered.
+
+A feed flagged "bozo" (malformed) that still yields entries is used, with a warning; one that
+yields none is an error for that feed only.
+
+**Time bound.** feedparser has super-linear regular expressions (its author-email search is
+quadratic in the length of an author string: a 40 kB author took 11 s here), and a regex
+cannot be interrupted from Python. :func:`parse_feed_bounded` therefore parses in a worker
+process started from a fork server and kills it when the time limit is over (~30 ms of overhead
+per feed, measured), so a hostile feed costs at most the limit and fails alone.
 """
 
 from __future__ import annotations
@@ -10,11 +32,14 @@ from __future__ import annotations
 import calendar
 import hashlib
 import html
+import multiprocessing
 import re
 import time
+import unicodedata
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
 import feedparser
 
@@ -24,71 +49,145 @@ from .text import clean_text, has_control, html_to_text
 
 _SPACE = re.compile(r"\s+")
 _TRACKING = re.compile(
-    r"^(utm_.*|fbclid|gclid|dclid|msclkid|mc_cid|mc_eid|_hsenc|_hsmi|mkt_tok|igshid|yclid|ref_src)$", re.I
-)
-_ARXIV = re.compile(
-    r"(?:arxiv\.org/(?:abs|pdf|html)/|arxiv:|oai:arxiv\.org:|huggingface\.co/papers/|^)"
-    r"(\d{4}\.\d{4,5}|[a-z-]+(?:\.[a-z]{2})?/\d{7})(?:v\d+)?(?:\.pdf)?(?:[/?#]|$)",
+    r"^(utm_.*|fbclid|gclid|dclid|gbraid|wbraid|msclkid|mc_cid|mc_eid|_hsenc|_hsmi|mkt_tok|igshid|yclid"
+    r"|twclid|ttclid|li_fat_id|_ga|_gl|oly_anon_id|oly_enc_id|vero_id|rb_clickid|s_cid|ref_src)$",
     re.I,
 )
+# An arXiv id after a prefix that names arXiv: new-style (2403.12345, since 2007) or old-style
+# (hep-th/9901001, math.GT/0309136), with an optional version and ".pdf".
+_ARXIV_PREFIXED = re.compile(
+    r"(?:(?:^|[/.])arxiv\.org/(?:abs|pdf|html)/|(?:^|[/.])huggingface\.co/papers/|^arxiv:|^oai:arxiv\.org:"
+    r"|\b10\.48550/arxiv\.)"
+    r"(\d{4}\.\d{4,5}|[a-z]+(?:-[a-z]+)?(?:\.[a-z]{2})?/\d{7})(?:v\d+)?(?:\.pdf)?(?:[/?#]|$)",
+    re.I,
+)
+# A bare new-style id (YYMM.NNNNN) is only taken when it is the whole value.
+_ARXIV_BARE = re.compile(r"^(\d{2}(?:0[1-9]|1[0-2])\.\d{4,5})(?:v\d+)?$")
 # arXiv's RSS prefixes every abstract with its id and announcement type.
 _ARXIV_PREAMBLE = re.compile(
     r"^\s*(?:<p>\s*)?arXiv:\S+\s+Announce Type:\s*\S+\s*(?:<br\s*/?>)?\s*Abstract:\s*", re.I
 )
+_URL_BREAKS = re.compile(r"[\t\r\n]")
+_URL_SPACE = re.compile(r"\s")
+# feedparser flags these as "bozo", but they are about the HTTP headers, not the document.
+_BENIGN = (feedparser.NonXMLContentType, feedparser.CharacterEncodingOverride)
 TITLE_WORDS = 12
+TITLE_CHARS = 80
 
 
 def parse_feed(result: FetchResult) -> ParsedFeed:
     """Parse one downloaded feed; raise ParseError when it holds no usable entries."""
     if result.content is None:
         return ParsedFeed(result.feed, ())
+    headers = {k.lower(): v for k, v in result.headers.items()}
+    if result.url.startswith(("http://", "https://")):
+        # The base against which relative links resolve (feedparser reads Content-Location).
+        headers.setdefault("content-location", result.url)
     # sanitize_html=False: we sanitise with nh3 at render time, with our own allowlist.
     parsed: Any = feedparser.parse(
         result.content,
-        response_headers=dict(result.headers),
+        response_headers=headers,
         sanitize_html=False,
         resolve_relative_uris=True,
     )
+    version = str(parsed.get("version") or "")
+    problem = parsed.get("bozo_exception") if parsed.bozo else None
+    if isinstance(problem, _BENIGN):
+        problem = None  # a missing or odd Content-Type: the document itself parsed cleanly
+    if not version:
+        reason = f" ({_bozo_reason(problem)})" if problem is not None else ""
+        raise ParseError(f"not a feed: no RSS, RDF or Atom document found{reason}")
     warnings: list[str] = []
-    if parsed.bozo:
-        reason = _bozo_reason(parsed.bozo_exception)
+    if problem is not None:
+        reason = _bozo_reason(problem)
         if not parsed.entries:
-            if not parsed.version and not parsed.feed:
-                raise ParseError(f"not a feed ({reason})")
-            raise ParseError(f"no entries ({reason})")
+            raise ParseError(f"the feed is malformed and has no usable entries ({reason})")
         warnings.append(f"feed is malformed but has {len(parsed.entries)} usable entries ({reason})")
-    elif not parsed.version:
-        raise ParseError("not a feed (no RSS, RDF or Atom document found)")
-    items = []
-    for raw in parsed.entries:
-        item = _item(result.feed, raw)
-        if item is not None:
-            items.append(item)
-    return ParsedFeed(result.feed, tuple(items), tuple(warnings))
+    items = tuple(_item(result.feed, raw) for raw in parsed.entries)
+    return ParsedFeed(result.feed, items, tuple(warnings), version)
+
+
+def parse_feed_bounded(result: FetchResult, *, time_limit: float) -> ParsedFeed:
+    """:func:`parse_feed` in a worker process that is killed after ``time_limit`` seconds."""
+    if result.content is None:
+        return ParsedFeed(result.feed, ())
+    context = _worker_context()
+    receiver, sender = context.Pipe(duplex=False)
+    worker = context.Process(target=_parse_worker, args=(sender, result), name=f"parse-{result.feed}")
+    worker.daemon = True
+    worker.start()
+    sender.close()
+    try:
+        if not receiver.poll(time_limit):
+            raise ParseError(f"parsing took longer than {time_limit:g}s (stopped)")
+        try:
+            outcome = receiver.recv()
+        except EOFError:
+            worker.join(1)
+            raise ParseError(f"the parser died (exit code {worker.exitcode})") from None
+    finally:
+        receiver.close()
+        if worker.is_alive():
+            worker.kill()
+        worker.join()
+        worker.close()
+    if isinstance(outcome, ParseError):
+        raise outcome
+    if not isinstance(outcome, ParsedFeed):  # pragma: no cover - the worker sends nothing else
+        raise ParseError(f"the parser sent {type(outcome).__name__}")
+    return outcome
+
+
+_context: Any = None
+
+
+def _worker_context() -> Any:
+    """A fork server with feedparser loaded: workers start in ~30 ms and, unlike a plain fork
+    of this (threaded) process, inherit no locks held by other threads."""
+    global _context
+    if _context is None:
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        _context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            _context.set_forkserver_preload([__name__])
+    return _context
+
+
+def _parse_worker(conn: Connection, result: FetchResult) -> None:
+    try:
+        conn.send(parse_feed(result))
+    except ParseError as exc:
+        conn.send(exc)
+    except Exception as exc:  # feedparser failing in a new way is still this feed's problem only
+        conn.send(ParseError(f"the parser failed: {type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
 
 
 def _bozo_reason(exc: object) -> str:
-    text = _SPACE.sub(" ", str(exc)).strip()
+    text = clean_text(str(exc)) if exc is not None else ""
     return text[:200] or type(exc).__name__
 
 
-def _item(feed: str, raw: Any) -> FeedItem | None:
+def _item(feed: str, raw: Any) -> FeedItem:
     summary = _summary_html(raw)
     link = canonical_link(raw.get("link"))
     title = _title(raw, summary)
-    guid = clean_text(raw.get("id") or "") or link
+    guid = clean_text(str(raw.get("id") or "")) or link
     if not guid:
         guid = "sha1:" + hashlib.sha1(f"{title}\n{summary}".encode()).hexdigest()
     authors = tuple(
         name
-        for name in (clean_text(a.get("name", "")) for a in raw.get("authors", []) if isinstance(a, dict))
+        for name in (
+            clean_text(str(a.get("name") or "")) for a in raw.get("authors", []) if isinstance(a, dict)
+        )
         if name
     )
     if not authors and raw.get("author"):
-        authors = (clean_text(raw["author"]),)
+        authors = (clean_text(str(raw["author"])),)
     categories = tuple(
         term
-        for term in (clean_text(t.get("term") or "") for t in raw.get("tags", []) if isinstance(t, dict))
+        for term in (clean_text(str(t.get("term") or "")) for t in raw.get("tags", []) if isinstance(t, dict))
         if term
     )
     return FeedItem(
@@ -97,9 +196,11 @@ def _item(feed: str, raw: Any) -> FeedItem | None:
         title=title,
         link=link,
         summary_html=summary,
-        authors=authors,
+        authors=tuple(dict.fromkeys(authors)),
         categories=tuple(dict.fromkeys(categories)),
-        published=_date(raw.get("published_parsed") or raw.get("updated_parsed")),
+        published=_date(raw.get("published_parsed"))
+        or _date(raw.get("updated_parsed"))
+        or _date(raw.get("created_parsed")),
         arxiv_id=arxiv_id(raw.get("id"), raw.get("guid"), raw.get("link")),
     )
 
@@ -119,43 +220,80 @@ def _summary_html(raw: Any) -> str:
     return value
 
 
-def _title(raw: Any, summary: str) -> str:
-    title = raw.get("title") or ""
-    if (raw.get("title_detail") or {}).get("type") in ("text/html", "application/xhtml+xml"):
-        title = html_to_text(title)
-    title = clean_text(title)
-    if title:
-        return title
-    words = html_to_text(summary).split()
+def normalise_title(text: str, *, is_html: bool = False) -> str:
+    """A title for one line: tags dropped (when HTML), NFC, no control characters, spaces collapsed."""
+    if is_html:
+        text = html_to_text(text)
+    return clean_text(unicodedata.normalize("NFC", text))
+
+
+def title_from_text(text: str) -> str:
+    """A title made of the first words of an entry's text, with an ellipsis when cut."""
+    words = normalise_title(text).split()
     if not words:
         return "(untitled)"
-    return " ".join(words[:TITLE_WORDS]) + ("…" if len(words) > TITLE_WORDS else "")
+    title = " ".join(words[:TITLE_WORDS])
+    cut = len(words) > TITLE_WORDS
+    if len(title) > TITLE_CHARS:  # scripts written without spaces (CJK) have long "words"
+        short = title[:TITLE_CHARS]
+        title = short.rsplit(" ", 1)[0] if " " in short else short
+        cut = True
+    return title.rstrip(" ,;:.") + "…" if cut else title
+
+
+def _title(raw: Any, summary: str) -> str:
+    detail = raw.get("title_detail") or {}
+    title = normalise_title(
+        str(raw.get("title") or ""), is_html=detail.get("type") in ("text/html", "application/xhtml+xml")
+    )
+    return title or title_from_text(html_to_text(summary))
 
 
 def canonical_link(link: object) -> str | None:
-    """An http(s) link without tracking parameters; anything else (javascript:, data:) is None."""
+    """An http(s) link without tracking parameters; anything else (javascript:, data:) is None.
+
+    Idempotent: a canonical link is its own canonical link. The scheme and host are lower-cased
+    and a default port dropped; the rest is kept as written (parameters keep their order and
+    spelling), except that whitespace inside is percent-encoded.
+    """
     if not isinstance(link, str):
         return None
-    link = link.strip()
+    # As browsers do (WHATWG URL): tabs and newlines inside a URL are dropped.
+    link = _URL_BREAKS.sub("", link).strip()
+    if not link or has_control(link):
+        return None
     try:
         parts = urlsplit(link)
     except ValueError:
         return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or has_control(link):
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
         return None
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _TRACKING.match(k)]
-    netloc = parts.netloc.lower()
-    default_port = {"http": ":80", "https": ":443"}[parts.scheme.lower()]
-    netloc = netloc.removesuffix(default_port)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    hostport = hostport.lower().removesuffix({"http": ":80", "https": ":443"}[scheme])
+    query = "&".join(
+        pair
+        for pair in parts.query.split("&")
+        if pair and not _TRACKING.match(unquote_plus(pair.split("=", 1)[0]))
+    )
     # The fragment stays: comment feeds tell entries apart only by it (post/#comment-713578641).
-    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", urlencode(query), parts.fragment))
+    path, query, fragment = (
+        _URL_SPACE.sub(lambda m: quote(m[0]), part) for part in (parts.path or "/", query, parts.fragment)
+    )
+    canonical = urlunsplit((scheme, userinfo + at + hostport, path, query, fragment))
+    try:
+        urlsplit(canonical)
+    except ValueError:
+        return None
+    return canonical
 
 
 def arxiv_id(*candidates: object) -> str | None:
     """The arXiv id (without version) named by an id, guid or link, if any."""
     for candidate in candidates:
         if isinstance(candidate, str):
-            found = _ARXIV.search(candidate.strip())
+            text = candidate.strip()
+            found = _ARXIV_PREFIXED.search(text) or _ARXIV_BARE.match(text)
             if found:
                 return found[1].lower() if "/" in found[1] else found[1]
     return None

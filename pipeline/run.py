@@ -9,26 +9,45 @@ from __future__ import annotations
 
 import bisect
 import gc
+import hashlib
 import itertools
 import logging
 import operator
+import os
+import queue
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
+from .alert import feed_alert
 from .compose import compose_message, message_id, sender_address
 from .config import Settings, SubscriberConfig, key_line
-from .deliver import Transport, open_transport
-from .errors import DeliveryError, DigestError, FetchError, MatchError, ParseError, RenderError
-from .fetch import FetchRequest, fetch_feeds
+from .deliver import Attempted, Dispatcher, Transport, transport_factory
+from .errors import DeliveryError, DigestError, FetchError, MatchError, ParseError, RenderError, StoreError
+from .fetch import FetchRequest, Network, fetch_feeds, next_attempt_delay
 from .match import Explanation, compile_topics, explain, index_entries, index_entry, match_topics
-from .models import Digest, Entry, Match, RenderedDigest, Section
-from .parse import arxiv_id, canonical_link, parse_feed
+from .models import Digest, Entry, FetchResult, Match, OutgoingMessage, ParsedFeed, RenderedDigest, Section
+from .parse import arxiv_id, canonical_link, parse_feed_bounded
 from .render import Renderer, unsubscribe_url
-from .store import FAILED, PENDING, SENDING, FeedState, NewDelivery, OutboxRow, Store, owner_id, utcnow
+from .store import (
+    ALERT_RECOVERED,
+    ALERT_SENT,
+    FAILED,
+    PENDING,
+    SENDING,
+    FeedState,
+    NewDelivery,
+    OutboxRow,
+    Store,
+    owner_id,
+    utcnow,
+)
 
 log = logging.getLogger("digest")
 
@@ -36,6 +55,7 @@ LEASE = timedelta(minutes=10)
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
 CLAIM_BATCH = 100
+INTERRUPTED = "interrupted before sending"
 
 Clock = Callable[[], datetime]
 
@@ -48,86 +68,325 @@ class FeedReport:
     """The outcome of fetching one feed."""
 
     feed: str
-    result: Literal["new", "not-modified", "error"]
+    result: Literal["new", "not-modified", "error", "skipped"]
     new: int = 0
-    error: str | None = None
+    error: str | None = None  # for "skipped": the error that made the feed rest
     warnings: tuple[str, ...] = ()
     status: int | None = None
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # seconds: download and parse
+    next_attempt_at: datetime | None = None  # when a failing feed is tried again
+    failures: int = 0  # consecutive failures, this one included
+    moved_to: str | None = None  # set when a permanent redirect moved the feed
+
+    def describe(self) -> str:
+        """The result in words, as ``fetch`` and ``send`` print it."""
+        if self.result == "new":
+            text = f"{self.new} new"
+        elif self.result == "not-modified":
+            text = "not modified"
+        elif self.result == "error":
+            text = f"error: {self.error}"
+            if self.next_attempt_at is not None:
+                text += f" (failure {self.failures}; next attempt after {_local(self.next_attempt_at)})"
+        else:
+            text = (
+                f"skipped: resting after {self.failures} failure(s) until {_local(self.next_attempt_at)}"
+                f" (last error: {self.error}); name it with --feed to fetch it now"
+            )
+        if self.moved_to:
+            text += f" (moved permanently to {self.moved_to})"
+        return text + "".join(f" (warning: {w})" for w in self.warnings)
+
+
+def _local(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
 def fetch_all(
-    settings: Settings, store: Store, *, feeds: Iterable[str] | None = None, clock: Clock = utcnow
+    settings: Settings,
+    store: Store,
+    *,
+    feeds: Iterable[str] | None = None,
+    force: bool = False,
+    alerts: bool = True,
+    clock: Clock = utcnow,
+    network: Network | None = None,
 ) -> list[FeedReport]:
-    """Fetch the configured feeds (or the named ones), store new entries, report per feed."""
+    """Fetch the configured feeds (or the named ones), store new entries, report per feed.
+
+    All due feeds are fetched at once (at most ``[fetch] concurrency`` at a time), each within
+    ``[fetch] timeout``; what changed is parsed in worker processes, each parse also within the
+    timeout. A feed resting after failures (its next attempt is later) is skipped and reported
+    as such, unless ``force``. Then old entries are pruned and, when ``alerts`` and ``[digest]
+    admin`` are set, the admin is told about feeds failing for longer than ``alert_after``
+    (once) and about their recovery (once). ``network`` replaces DNS and TCP (tests).
+    """
     store.sync_feeds({f.name: f.url for f in settings.feeds})
-    wanted = set(feeds) if feeds is not None else None
+    names = set(feeds) if feeds is not None else None
+    wanted = [f for f in settings.feeds if names is None or f.name in names]
     states = store.feed_states()
-    requests = [
-        FetchRequest(f.name, states[f.name].url, states[f.name].etag, states[f.name].last_modified)
-        for f in settings.feeds
-        if wanted is None or f.name in wanted
-    ]
-    reports = []
-    for request, outcome in fetch_feeds(
+    now = clock()
+    reports: dict[str, FeedReport] = {}
+    requests = []
+    for feed in wanted:
+        state = states[feed.name]
+        if not force and state.next_attempt_at is not None and state.next_attempt_at > now:
+            reports[feed.name] = FeedReport(
+                feed.name,
+                "skipped",
+                error=state.last_error,
+                next_attempt_at=state.next_attempt_at,
+                failures=state.failures,
+            )
+            continue
+        requests.append(
+            FetchRequest(feed.name, state.url, state.etag, state.last_modified, configured_url=feed.url)
+        )
+    timeout = settings.fetch.timeout.total_seconds()
+    fetched = fetch_feeds(
         requests,
-        timeout=settings.fetch.timeout.total_seconds(),
+        timeout=timeout,
         max_bytes=settings.fetch.max_bytes,
         concurrency=settings.fetch.concurrency,
-    ):
-        now = clock()
-        if isinstance(outcome, FetchError):
-            report = FeedReport(request.feed, "error", error=str(outcome))
-            store.record_fetch(request.feed, now=now, status="error", error=str(outcome))
-        elif outcome.content is None:
-            report = FeedReport(request.feed, "not-modified", status=outcome.status, elapsed=outcome.elapsed)
-            store.record_fetch(
-                request.feed,
-                now=now,
-                status="not modified",
-                etag=outcome.etag,
-                last_modified=outcome.last_modified,
-                url=outcome.permanent_url,
-            )
-        else:
-            try:
-                parsed = parse_feed(outcome)
-            except ParseError as exc:
-                report = FeedReport(
-                    request.feed, "error", error=str(exc), status=outcome.status, elapsed=outcome.elapsed
-                )
-                store.record_fetch(request.feed, now=now, status="error", error=str(exc))
-            else:
-                new = store.add_items(parsed.items, now)
-                report = FeedReport(
-                    request.feed,
-                    "new",
-                    new=new,
-                    warnings=parsed.warnings,
-                    status=outcome.status,
-                    elapsed=outcome.elapsed,
-                )
-                store.record_fetch(
-                    request.feed,
-                    now=now,
-                    status=f"{new} new",
-                    new=new,
-                    etag=outcome.etag,
-                    last_modified=outcome.last_modified,
-                    url=outcome.permanent_url,
-                )
+        network=network,
+    )
+    changed = {
+        request.feed: outcome
+        for request, outcome in fetched
+        if isinstance(outcome, FetchResult)
+        and outcome.content is not None
+        and body_hash(outcome.content) != states[request.feed].body_hash
+    }
+    parsed = _parse_all(changed, time_limit=timeout, workers=settings.fetch.concurrency)
+    for request, outcome in fetched:
+        state = states[request.feed]
+        reports[request.feed] = _store_feed(store, state, outcome, parsed.get(request.feed), clock)
+    hollowed, forgotten, dropped = store.prune(clock(), settings.digest.retain)
+    if hollowed or forgotten or dropped:
+        log.info("prune entries=%d identities=%d deliveries=%d", hollowed, forgotten, dropped)
+    if alerts:
+        send_feed_alerts(settings, store, [f.name for f in wanted], clock=clock)
+    ordered = [reports[f.name] for f in wanted]
+    for report in ordered:
         _log_feed(report)
-        reports.append(report)
-    return reports
+    return ordered
+
+
+def body_hash(content: bytes) -> str:
+    """What identifies a body: the same bytes as last time need no parsing."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def _parse_all(
+    results: dict[str, FetchResult], *, time_limit: float, workers: int
+) -> dict[str, tuple[ParsedFeed | ParseError, float]]:
+    """Parse each changed feed in a worker process, a few at a time; with the time each took."""
+    if not results:
+        return {}
+
+    def one(result: FetchResult) -> tuple[ParsedFeed | ParseError, float]:
+        started = time.monotonic()
+        try:
+            outcome: ParsedFeed | ParseError = parse_feed_bounded(result, time_limit=time_limit)
+        except ParseError as exc:
+            outcome = exc
+        return outcome, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(results), workers, os.cpu_count() or 1))) as pool:
+        return dict(zip(results, pool.map(one, results.values()), strict=True))
+
+
+def _store_feed(
+    store: Store,
+    state: FeedState,
+    outcome: FetchResult | FetchError,
+    parsed: tuple[ParsedFeed | ParseError, float] | None,
+    clock: Clock,
+) -> FeedReport:
+    """Record one feed's outcome: its new entries, or its failure and when to try again."""
+    now = clock()
+    name = state.name
+    elapsed = outcome.elapsed
+    failure: FetchError | ParseError | None = outcome if isinstance(outcome, FetchError) else None
+    if parsed is not None:
+        elapsed += parsed[1]
+        if isinstance(parsed[0], ParseError):
+            failure = parsed[0]
+    if failure is not None:
+        failures = state.failures + 1
+        retry_at = now + next_attempt_delay(failures, failure if isinstance(failure, FetchError) else None)
+        store.record_fetch(name, now=now, status="error", error=str(failure), next_attempt_at=retry_at)
+        return FeedReport(
+            name,
+            "error",
+            error=str(failure),
+            status=outcome.status,
+            elapsed=elapsed,
+            next_attempt_at=retry_at,
+            failures=failures,
+        )
+    assert isinstance(outcome, FetchResult)
+    moved = outcome.permanent_url
+    if parsed is None:  # 304, an unchanged local file, or the same bytes as last time
+        store.touch_feed(name, now)
+        store.record_fetch(
+            name,
+            now=now,
+            status="not modified",
+            etag=outcome.etag,
+            last_modified=outcome.last_modified,
+            url=moved,
+        )
+        return FeedReport(name, "not-modified", status=outcome.status, elapsed=elapsed, moved_to=moved)
+    feed = parsed[0]
+    assert isinstance(feed, ParsedFeed) and outcome.content is not None
+    new = store.add_items(feed.items, now)
+    store.record_fetch(
+        name,
+        now=now,
+        status=f"{new} new",
+        new=new,
+        etag=outcome.etag,
+        last_modified=outcome.last_modified,
+        url=moved,
+        body_hash=body_hash(outcome.content),
+    )
+    return FeedReport(
+        name,
+        "new",
+        new=new,
+        warnings=feed.warnings,
+        status=outcome.status,
+        elapsed=elapsed,
+        moved_to=moved,
+    )
+
+
+def feeds_of(settings: Settings, subscribers: Sequence[SubscriberConfig]) -> list[str]:
+    """The feeds whose entries can reach these subscribers (a topic without ``feeds`` reads all)."""
+    wanted: set[str] = set()
+    for sub in subscribers:
+        for topic in sub.topics:
+            restricted = settings.topics[topic].feeds
+            if not restricted:
+                return [f.name for f in settings.feeds]
+            wanted.update(restricted)
+    return [f.name for f in settings.feeds if f.name in wanted]
+
+
+def fetch_stale(
+    settings: Settings, store: Store, subscribers: Sequence[SubscriberConfig], *, clock: Clock = utcnow
+) -> list[FeedReport]:
+    """Fetch the subscribers' feeds whose last fetch is older than their polling interval.
+
+    Feeds backing off after failures (next attempt in the future) are left alone.
+    """
+    store.sync_feeds({f.name: f.url for f in settings.feeds})
+    states = store.feed_states()
+    now = clock()
+    intervals = {f.name: settings.feed_interval(f) for f in settings.feeds}
+    stale = []
+    for name in feeds_of(settings, subscribers):
+        state = states[name]
+        if state.next_attempt_at is not None and state.next_attempt_at > now:
+            continue
+        if state.last_fetch_at is None or now - state.last_fetch_at >= intervals[name]:
+            stale.append(name)
+    return fetch_all(settings, store, feeds=stale, clock=clock) if stale else []
 
 
 def _log_feed(report: FeedReport) -> None:
     if report.result == "error":
-        log.warning("feed=%s error=%r", report.feed, report.error)
+        log.warning(
+            "feed=%s error=%r failures=%d next_attempt=%s",
+            report.feed,
+            report.error,
+            report.failures,
+            report.next_attempt_at.isoformat() if report.next_attempt_at else "-",
+        )
+    elif report.result == "skipped":
+        log.info("feed=%s skipped=resting until=%s", report.feed, report.next_attempt_at)
     else:
-        log.info("feed=%s new=%d status=%s", report.feed, report.new, report.status or report.result)
+        log.info(
+            "feed=%s new=%d status=%s elapsed=%.2f",
+            report.feed,
+            report.new,
+            report.status or report.result,
+            report.elapsed,
+        )
+    if report.moved_to:
+        log.info("feed=%s moved_to=%s", report.feed, report.moved_to)
     for warning in report.warnings:
         log.warning("feed=%s warning=%r", report.feed, warning)
+
+
+def send_feed_alerts(settings: Settings, store: Store, feeds: Iterable[str], *, clock: Clock = utcnow) -> int:
+    """Tell ``[digest] admin`` once about each of these feeds failing for longer than
+    ``[fetch] alert_after``, and once when it works again; return how many mails went out.
+
+    The alert state is claimed atomically before sending (so two processes never both send)
+    and released when sending fails (so the next run tries again).
+    """
+    admin = settings.digest.admin
+    if not admin:
+        return 0
+    now = clock()
+    states = store.feed_states()
+    due: list[tuple[FeedState, bool]] = []
+    for name in feeds:
+        state = states.get(name)
+        if state is None:
+            continue
+        if state.alert == ALERT_RECOVERED:
+            if state.failures:  # failing again before the recovery was told: nothing new to say
+                store.set_alert(name, ALERT_RECOVERED, ALERT_SENT)
+            elif store.set_alert(name, ALERT_RECOVERED, None):
+                due.append((state, True))
+        elif (
+            state.alert is None
+            and state.failures
+            and state.failing_since is not None
+            and now - state.failing_since >= settings.fetch.alert_after
+            and store.set_alert(name, None, ALERT_SENT)
+        ):
+            due.append((state, False))
+    if not due:
+        return 0
+    sent = 0
+    make_transport = transport_factory(settings)
+    transport: Transport | None = None
+    try:
+        for state, recovered in due:
+            message = feed_alert(
+                title=settings.digest.title,
+                sender=settings.sender,
+                admin=admin,
+                feed=state.name,
+                url=state.url,
+                recovered=recovered,
+                now=now,
+                failing_since=state.failing_since,
+                failures=state.failures,
+                last_error=state.last_error,
+                next_attempt_at=state.next_attempt_at,
+            )
+            try:
+                transport = transport or make_transport()
+                transport.send(message)
+            except DeliveryError as exc:
+                if recovered:
+                    store.set_alert(state.name, None, ALERT_RECOVERED)
+                else:
+                    store.set_alert(state.name, ALERT_SENT, None)
+                log.warning("alert feed=%s to=%s error=%r (will retry)", state.name, admin, str(exc))
+                continue
+            sent += 1
+            kind = "recovered" if recovered else "failing"
+            log.info("alert feed=%s to=%s kind=%s", state.name, admin, kind)
+    finally:
+        if transport is not None:
+            transport.close()
+    return sent
 
 
 # --- plan: which entries go to whom -----------------------------------------------------------
@@ -452,6 +711,15 @@ class Outcome:
     status: Literal["sent", "pending", "failed", "planned"]
     detail: str = ""
     subject: str = ""
+    tries: int = 0  # SMTP attempts in this run; more than one means it was retried
+
+
+class Progress(Protocol):
+    """Told how many digests are due, then about each one as it finishes."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, outcome: Outcome) -> None: ...
 
 
 @dataclass(slots=True)
@@ -466,6 +734,11 @@ class SendReport:
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
+
+    @property
+    def retried(self) -> int:
+        """Digests that were sent only after a retry within this run."""
+        return sum(1 for o in self.outcomes if o.status == "sent" and o.tries > 1)
 
     @property
     def exit_code(self) -> int:
@@ -485,13 +758,18 @@ def send(
     dry_run: bool = False,
     fetch: bool = True,
     clock: Clock = utcnow,
-    progress: Callable[[Outcome], None] | None = None,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> SendReport:
-    """Fetch, then build and deliver now the digest of each named (or every) subscriber."""
+    """Fetch, then build and deliver now the digest of each named (or every) subscriber.
+
+    New digests are committed to the outbox before any SMTP traffic; then every due outbox
+    row is delivered, including digests left pending by earlier runs.
+    """
     chosen = select_subscribers(settings, subscribers)
     report = SendReport(dry_run=dry_run)
     if fetch:
-        report.feeds = fetch_all(settings, store, clock=clock)
+        report.feeds = fetch_all(settings, store, clock=clock, alerts=not dry_run)
     now = clock()
     digests = plan_digests(settings, store, chosen, now)
     with_digest = {d.subscriber for d in digests}
@@ -508,14 +786,7 @@ def send(
         return report
     store.enqueue([_delivery(settings, d) for d in digests])
     store.mark_checked([s.email for s in chosen], now)
-    deliver_due(
-        settings,
-        store,
-        report,
-        subscribers=[s.email for s in chosen] if subscribers else None,
-        clock=clock,
-        progress=progress,
-    )
+    deliver_due(settings, store, report, clock=clock, progress=progress, stop=stop)
     return report
 
 
@@ -524,87 +795,198 @@ def deliver_due(
     store: Store,
     report: SendReport | None = None,
     *,
-    subscribers: Sequence[str] | None = None,
     clock: Clock = utcnow,
-    progress: Callable[[Outcome], None] | None = None,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> SendReport:
-    """Deliver every due outbox row (of these subscribers, or all): render, compose, send, record."""
+    """Deliver every due outbox row: claim, render, compose, send, record each outcome.
+
+    Rows are claimed in batches (pending -> sending, with a lease), so a concurrent ``send``
+    or ``digest run`` never takes the same digest. Sent rows are recorded as the server
+    accepts them; a transient failure puts the row back as pending with exponential backoff
+    until ``give_up_after``; a permanent one marks it failed. When ``stop`` is set, the
+    messages in flight finish and every other claimed digest goes back to the outbox, due now.
+    """
     report = report if report is not None else SendReport()
-    owner = owner_id()
-    renderer: Renderer | None = None
-    transport = None
+    if progress:
+        progress.start(store.count_due(clock()))
+    delivery = _Delivery(settings, store, report, clock, progress, stop or threading.Event())
     try:
-        while True:
-            rows = store.claim(clock(), lease=LEASE, owner=owner, subscribers=subscribers, limit=CLAIM_BATCH)
-            if not rows:
-                break
-            renderer = renderer or Renderer(settings)
-            transport = transport or open_transport(settings)
-            entries = store.entries_by_id(
-                eid for row in rows for s in row.spec["sections"] for eid, _, _ in s["entries"]
-            )
-            for row in rows:
-                if report.unreachable:
-                    store.mark_retry(row.id, report.unreachable, _next_attempt(row, clock()))
-                    outcome = Outcome(row.subscriber, 0, "pending", report.unreachable)
-                else:
-                    outcome = _deliver_one(settings, store, renderer, transport, row, entries, clock, report)
-                report.outcomes.append(outcome)
-                if progress:
-                    progress(outcome)
+        delivery.run()
     finally:
-        if transport is not None:
-            transport.close()
+        delivery.close()
     return report
 
 
-def _deliver_one(
-    settings: Settings,
-    store: Store,
-    renderer: Renderer,
-    transport: Transport,
-    row: OutboxRow,
-    entries: dict[int, Entry],
-    clock: Clock,
-    report: SendReport,
-) -> Outcome:
-    digest = digest_from_row(row, entries)
-    try:
-        rendered = renderer.render(digest)
-        message = compose_message(
-            digest,
-            rendered,
-            sender=settings.sender,
-            list_id=list_id(settings),
-            unsubscribe=_unsubscribe_links(settings, digest.subscriber),
-            one_click=bool(settings.digest.base_url),
+class _Delivery:
+    """One run of the outbox: keeps at most a window of claimed rows in flight."""
+
+    WINDOW = 2 * CLAIM_BATCH
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        report: SendReport,
+        clock: Clock,
+        progress: Progress | None,
+        stop: threading.Event,
+    ) -> None:
+        self.settings, self.store, self.report, self.clock = settings, store, report, clock
+        self.progress, self.stop = progress, stop
+        self.owner = owner_id()
+        self.held: dict[int, tuple[OutboxRow, int]] = {}  # row id -> (row, entries in it)
+        self.renderer: Renderer | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.recorder: SentRecorder | None = None
+        self.lease_renewed = time.monotonic()
+
+    def run(self) -> None:
+        exhausted = False
+        while True:
+            if self.stop.is_set() and not exhausted:
+                exhausted = True
+                if self.dispatcher is not None:
+                    self.dispatcher.abandon(INTERRUPTED)
+            room = len(self.held) < self.WINDOW and not (self.dispatcher and self.dispatcher.unreachable)
+            if not exhausted and room:
+                exhausted = not self._claim_batch()
+                continue
+            if not self.held:
+                return
+            assert self.dispatcher is not None
+            self._record(self.dispatcher.results(timeout=1.0))
+            self._renew_leases()
+
+    def _claim_batch(self) -> bool:
+        rows = self.store.claim(self.clock(), lease=LEASE, owner=self.owner, limit=CLAIM_BATCH)
+        if not rows:
+            return False
+        if self.renderer is None:
+            self.renderer = Renderer(self.settings)
+        if self.dispatcher is None:
+            smtp = self.settings.smtp
+            self.recorder = SentRecorder(self.store, self.clock)
+            self.dispatcher = Dispatcher(
+                transport_factory(self.settings),
+                connections=smtp.connections if smtp else 1,
+                retries=smtp.retries if smtp else 1,
+                retry_delay=smtp.retry_delay.total_seconds() if smtp else 0.0,
+                on_sent=self.recorder.add,
+            )
+        entries = self.store.entries_by_id(
+            eid for row in rows for s in row.spec["sections"] for eid, _, _ in s["entries"]
         )
-        transport.send(message)
-    except RenderError as exc:
-        store.mark_failed(row.id, str(exc))
-        log.error("digest to=%s failed=%r", row.subscriber, str(exc))
-        return Outcome(row.subscriber, digest.entry_count, "failed", str(exc))
-    except DeliveryError as exc:
-        return _record_failure(store, row, exc, clock, report, digest.entry_count)
-    store.mark_sent([row.id], clock())
-    log.info("digest to=%s entries=%d sent", row.subscriber, digest.entry_count)
-    return Outcome(row.subscriber, digest.entry_count, "sent", subject=rendered.subject)
+        for row in rows:
+            digest = digest_from_row(row, entries)
+            try:
+                message = _message(self.settings, self.renderer, digest)
+            except RenderError as exc:
+                self.store.mark_failed(row.id, str(exc))
+                log.error("digest to=%s failed=%r", row.subscriber, str(exc))
+                self._report(Outcome(row.subscriber, digest.entry_count, "failed", str(exc)))
+                continue
+            self.held[row.id] = (row, digest.entry_count)
+            self.dispatcher.submit(row.id, message)
+        # Record whatever already finished, so memory and leases stay bounded.
+        self._record(self.dispatcher.results(timeout=0))
+        return True
+
+    def _record(self, attempts: list[Attempted]) -> None:
+        # Sent rows were already recorded by the SentRecorder; here they are only reported.
+        for attempt in attempts:
+            row, entries = self.held.pop(attempt.key)
+            if attempt.error is None:
+                log.info("digest to=%s entries=%d sent", row.subscriber, entries)
+                self._report(Outcome(row.subscriber, entries, "sent", tries=attempt.tries))
+            else:
+                self._report(self._failure(row, attempt.error, entries, attempt.tries))
+
+    def _failure(self, row: OutboxRow, exc: DeliveryError, entries: int, tries: int) -> Outcome:
+        now = self.clock()
+        if str(exc) == INTERRUPTED:
+            # Never attempted: back to the outbox, due at once, for the next send or run.
+            self.store.mark_retry(row.id, INTERRUPTED, now)
+            return Outcome(row.subscriber, entries, "pending", INTERRUPTED, tries=tries)
+        if exc.connection:
+            self.report.unreachable = str(exc)
+        if exc.transient and now < row.deliver_until:
+            self.store.mark_retry(row.id, str(exc), _next_attempt(row, now))
+            log.warning("digest to=%s pending=%r", row.subscriber, str(exc))
+            return Outcome(row.subscriber, entries, "pending", str(exc), tries=tries)
+        reason = str(exc) if not exc.transient else f"gave up after {row.attempts} attempts: {exc}"
+        self.store.mark_failed(row.id, reason)
+        log.error("digest to=%s failed=%r", row.subscriber, reason)
+        return Outcome(row.subscriber, entries, "failed", reason, tries=tries)
+
+    def _report(self, outcome: Outcome) -> None:
+        self.report.outcomes.append(outcome)
+        if self.progress:
+            self.progress.advance(outcome)
+
+    def _renew_leases(self) -> None:
+        # Rows waiting for in-run retries must not look abandoned to another process.
+        if self.held and time.monotonic() - self.lease_renewed > LEASE.total_seconds() / 3:
+            self.store.renew(list(self.held), self.clock() + LEASE, self.owner)
+            self.lease_renewed = time.monotonic()
+
+    def close(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.dispatcher is not None:
+            # Anything the workers finished while closing is recorded, never lost.
+            self._record(self.dispatcher.results(timeout=0))
 
 
-def _record_failure(
-    store: Store, row: OutboxRow, exc: DeliveryError, clock: Clock, report: SendReport, entries: int
-) -> Outcome:
-    now = clock()
-    if exc.transient and now < row.deliver_until:
-        if exc.code is None and "cannot connect" in str(exc):
-            report.unreachable = str(exc)
-        store.mark_retry(row.id, str(exc), _next_attempt(row, now))
-        log.warning("digest to=%s pending=%r", row.subscriber, str(exc))
-        return Outcome(row.subscriber, entries, "pending", str(exc))
-    reason = str(exc) if not exc.transient else f"gave up after {row.attempts} attempts: {exc}"
-    store.mark_failed(row.id, reason)
-    log.error("digest to=%s failed=%r", row.subscriber, reason)
-    return Outcome(row.subscriber, entries, "failed", reason)
+class SentRecorder:
+    """Marks rows sent as soon as the server accepts them, in group commits.
+
+    Called from the sending threads, so the time between a server's 250 and our record of it
+    (the only window in which a crash causes a re-send) is one commit, whatever the main
+    thread is busy with; rows accepted meanwhile share that commit.
+    """
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store, self.clock = store, clock
+        self.queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="sent-recorder", daemon=True)
+        self.thread.start()
+
+    def add(self, row_id: int) -> None:
+        self.queue.put(row_id)
+
+    def _run(self) -> None:
+        closing = False
+        while not closing:
+            batch = [self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get())
+            closing = None in batch
+            ids = [i for i in batch if i is not None]
+            if ids:
+                try:
+                    self.store.mark_sent(ids, self.clock())
+                except StoreError as exc:
+                    # Not lost: the rows stay claimed and go out again (same Message-ID) later.
+                    log.error("outbox error=%r rows=%s", str(exc), ids)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+
+def _message(settings: Settings, renderer: Renderer, digest: Digest) -> OutgoingMessage:
+    rendered = renderer.render(digest)
+    return compose_message(
+        digest,
+        rendered,
+        sender=settings.sender,
+        list_id=list_id(settings),
+        unsubscribe=_unsubscribe_links(settings, digest.subscriber),
+        one_click=bool(settings.digest.base_url),
+    )
 
 
 def _next_attempt(row: OutboxRow, now: datetime) -> datetime:
@@ -716,7 +1098,7 @@ def preview(
     """Render a subscriber's next digest without sending or recording anything."""
     (subscriber,) = select_subscribers(settings, [email])
     if fetch:
-        fetch_all(settings, store, clock=clock)
+        fetch_all(settings, store, clock=clock, alerts=False)
     (digest,) = plan_digests(settings, store, [subscriber], clock(), keep_empty=True)
     return digest, Renderer(settings).render(digest)
 

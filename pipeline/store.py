@@ -1,5 +1,14 @@
 """The state database: feeds, entries, subscribers and the delivery outbox (SQLAlchemy Core).
 
+Entries and their identity: an item is known by (feed, guid) in ``entry_sources``; across feeds
+the same arXiv id or canonical link is the same entry (see :meth:`Store.add_items`). Old
+entries are pruned in two steps (:meth:`Store.prune`): after ``retain`` their text is dropped
+and only their identity kept, so a feed that still carries them cannot make them new again;
+the identity itself is forgotten once no feed has carried the item for ``retain``.
+
+The ``meta`` table holds the schema version; a store opened on an older file upgrades it in
+place (:func:`_upgrade`), and refuses a newer one.
+
 Every change is one transaction per unit of work. A digest is written to the outbox, with its
 entries marked as taken for that subscriber, in one transaction before any SMTP traffic; the
 primary key on (subscriber, entry) makes it impossible for one entry to go into two digests
@@ -36,6 +45,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    case,
     create_engine,
     delete,
     event,
@@ -43,6 +53,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -51,7 +62,9 @@ from sqlalchemy.types import TypeDecorator
 from .errors import StoreError
 from .models import Entry, FeedItem
 
-SCHEMA_VERSION = 1
+# 1: the first release. 2: feed health (last_error_at, failing_since, alert, body_hash),
+# entry fingerprints and pruning (entries.fingerprint, entries.pruned_at), entry_sources.last_seen.
+SCHEMA_VERSION = 2
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -93,10 +106,14 @@ feeds_table = Table(
     Column("last_fetch_at", UTCDateTime),
     Column("last_success_at", UTCDateTime),
     Column("last_status", String(64)),
-    Column("last_error", Text),
-    Column("failures", Integer, nullable=False, default=0),
-    Column("next_attempt_at", UTCDateTime),
+    Column("last_error", Text),  # kept after a recovery, with its time, for `status`
+    Column("failures", Integer, nullable=False, default=0),  # consecutive
+    Column("next_attempt_at", UTCDateTime),  # not before this (backoff, Retry-After)
     Column("last_new", Integer, nullable=False, default=0),
+    Column("last_error_at", UTCDateTime),
+    Column("failing_since", UTCDateTime),  # first failure of the current run of failures
+    Column("alert", String(16)),  # None, "sent" (admin told it fails), "recovered" (to tell)
+    Column("body_hash", String(64)),  # sha256 of the last body parsed: same bytes, no parse
 )
 
 entries_table = Table(
@@ -113,6 +130,9 @@ entries_table = Table(
     Column("first_seen", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("content_hash", String(64), nullable=False),
+    Column("fingerprint", String(64), index=True),  # title + text: recognises a changed guid
+    Column("pruned_at", UTCDateTime),  # set: text dropped, only the identity is kept
+    Index("ix_entries_first_seen", "first_seen"),
 )
 
 sources_table = Table(
@@ -121,7 +141,8 @@ sources_table = Table(
     Column("feed", String(64), primary_key=True),
     Column("guid", Text, primary_key=True),
     Column("entry_id", Integer, ForeignKey("entries.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("seen_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),  # first seen in this feed
+    Column("last_seen", UTCDateTime, index=True),  # last fetch of this feed that carried it
 )
 
 subscribers_table = Table(
@@ -163,7 +184,17 @@ taken_table = Table(
     Column("shown", Boolean, nullable=False),  # False: counted in "and N more", not listed
 )
 
+leases_table = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),  # host:pid
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+ALERT_SENT, ALERT_RECOVERED = "sent", "recovered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +213,16 @@ class FeedState:
     failures: int
     next_attempt_at: datetime | None
     last_new: int
+    last_error_at: datetime | None = None
+    failing_since: datetime | None = None
+    alert: str | None = None
+    body_hash: str | None = None
     entries: int = 0
+
+    @property
+    def moved(self) -> bool:
+        """Whether a permanent redirect moved the feed away from its configured URL."""
+        return self.url != self.configured_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +293,12 @@ class Store:
         self.url = url
         try:
             self.engine = _engine(url)
-            metadata.create_all(self.engine)
             with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Two processes starting on a new database must not both create the tables
+                    # (SQLite is already serialised by BEGIN IMMEDIATE).
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7746391)"))
+                metadata.create_all(conn)
                 version = conn.execute(
                     select(meta_table.c.value).where(meta_table.c.key == "schema")
                 ).scalar()
@@ -264,6 +308,8 @@ class Store:
                     raise StoreError(
                         f"{url}: database schema {version} is newer than this digest ({SCHEMA_VERSION})"
                     )
+                elif int(version) < SCHEMA_VERSION:
+                    _upgrade(conn, int(version))
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"cannot open state database {_safe_url(url)}: {exc.__class__.__name__}: "
@@ -292,7 +338,11 @@ class Store:
     def feed_states(self) -> dict[str, FeedState]:
         """Every feed the store knows, with its entry count."""
         counts = (
-            select(sources_table.c.feed, func.count().label("n")).group_by(sources_table.c.feed).subquery()
+            select(sources_table.c.feed, func.count().label("n"))
+            .join(entries_table, entries_table.c.id == sources_table.c.entry_id)
+            .where(entries_table.c.pruned_at.is_(None))
+            .group_by(sources_table.c.feed)
+            .subquery()
         )
         query = select(feeds_table, func.coalesce(counts.c.n, 0).label("entries")).outerjoin(
             counts, counts.c.feed == feeds_table.c.name
@@ -313,6 +363,8 @@ class Store:
                         )
                     )
                 elif row.configured_url != url:
+                    # A new URL in the config starts afresh; an unchanged one keeps where a
+                    # permanent redirect moved the feed (``url``).
                     conn.execute(
                         update(feeds_table)
                         .where(feeds_table.c.name == name)
@@ -321,9 +373,10 @@ class Store:
                             url=url,
                             etag=None,
                             last_modified=None,
+                            body_hash=None,
                             failures=0,
+                            failing_since=None,
                             next_attempt_at=None,
-                            last_error=None,
                         )
                     )
 
@@ -339,8 +392,13 @@ class Store:
         last_modified: str | None = None,
         url: str | None = None,
         next_attempt_at: datetime | None = None,
+        body_hash: str | None = None,
     ) -> None:
-        """Remember the outcome of one fetch (success when ``error`` is None)."""
+        """Remember the outcome of one fetch (success when ``error`` is None).
+
+        A success resets the failure count and, if the admin was told the feed fails, marks
+        it "recovered" (to be told too); ``url`` is where a permanent redirect moved it.
+        """
         values: dict[str, Any] = {
             "last_fetch_at": now,
             "last_status": status,
@@ -349,74 +407,165 @@ class Store:
         if error is None:
             values.update(
                 last_success_at=now,
-                last_error=None,
                 failures=0,
+                failing_since=None,
                 last_new=new,
                 etag=etag,
                 last_modified=last_modified,
+                alert=case((feeds_table.c.alert == ALERT_SENT, ALERT_RECOVERED), else_=feeds_table.c.alert),
             )
+            if body_hash is not None:
+                values["body_hash"] = body_hash
             if url:
                 values["url"] = url
         else:
-            values.update(last_error=error, failures=feeds_table.c.failures + 1)
+            values.update(
+                last_error=error,
+                last_error_at=now,
+                failures=feeds_table.c.failures + 1,
+                failing_since=func.coalesce(feeds_table.c.failing_since, now),
+            )
         with self._tx() as conn:
             conn.execute(update(feeds_table).where(feeds_table.c.name == feed).values(**values))
+
+    def set_alert(self, feed: str, expected: str | None, new: str | None) -> bool:
+        """Change a feed's alert state from ``expected`` to ``new`` atomically; False if it was
+        not ``expected`` (another process got there first)."""
+        current = feeds_table.c.alert.is_(None) if expected is None else feeds_table.c.alert == expected
+        with self._tx() as conn:
+            done = conn.execute(
+                update(feeds_table).where(feeds_table.c.name == feed, current).values(alert=new)
+            )
+            return bool(done.rowcount)
 
     # --- entries -------------------------------------------------------------------------------
 
     def add_items(self, items: Sequence[FeedItem], now: datetime) -> int:
-        """Store a feed's items; return how many are new entries.
+        """Store one fetch's items (the whole document of each feed); return how many are new.
 
-        Identity: within a feed an item is its guid. Across feeds, the same arXiv id or the
-        same canonical link is the same entry, remembered with every feed that carried it;
-        but two items of one feed with distinct guids stay distinct. An item seen before with
-        new content updates the stored entry (it is not "new" and is not sent again).
+        Identity, in this order:
+
+        1. within a feed an item is its guid (parse falls back to the link, then a hash): an
+           item seen before with new content updates the stored entry, which is not new and
+           is not sent again; two items of one feed with distinct guids stay distinct, even
+           when their links are equal;
+        2. a new guid whose title and text equal those of an entry this feed carried under a
+           guid that is no longer in the document is that entry (the feed changed its guids,
+           for example when it moved from http to https);
+        3. across feeds, the same arXiv id or the same canonical link is the same entry,
+           remembered with every feed that carried it.
+
+        Pruned entries (see :meth:`prune`) keep their identity, so they match here and are
+        never new again.
         """
         if not items:
             return 0
         new = 0
         with self._tx() as conn:
-            feeds = {item.feed for item in items}
-            guids = [item.guid for item in items]
-            known: dict[tuple[str, str], int] = {}
-            for chunk in _chunks(guids, 500):
-                rows = conn.execute(
-                    select(sources_table.c.feed, sources_table.c.guid, sources_table.c.entry_id).where(
-                        sources_table.c.feed.in_(feeds), sources_table.c.guid.in_(chunk)
+            current: dict[str, set[str]] = {}
+            for item in items:
+                current.setdefault(item.feed, set()).add(item.guid)
+            known: dict[tuple[str, str], tuple[int, str]] = {}  # -> entry id, its content hash
+            for feed, guids in current.items():
+                for chunk in _chunks(sorted(guids), 500):
+                    rows = conn.execute(
+                        select(sources_table.c.guid, sources_table.c.entry_id, entries_table.c.content_hash)
+                        .join(entries_table, entries_table.c.id == sources_table.c.entry_id)
+                        .where(sources_table.c.feed == feed, sources_table.c.guid.in_(chunk))
                     )
-                )
-                known.update({(r.feed, r.guid): r.entry_id for r in rows})
+                    known.update({(feed, r.guid): (r.entry_id, r.content_hash) for r in rows})
+                    conn.execute(
+                        update(sources_table)
+                        .where(sources_table.c.feed == feed, sources_table.c.guid.in_(chunk))
+                        .values(last_seen=now)
+                    )
             for item in items:
                 digest = _content_hash(item)
-                entry_id = known.get((item.feed, item.guid))
-                if entry_id is not None:
+                entry_id, stored_hash = known.get((item.feed, item.guid), (None, digest))
+                if entry_id is None:
+                    entry_id = self._renamed(conn, item, current[item.feed])
+                    stored_hash = ""  # a renamed entry may have a new link: compare below
+                    if entry_id is None:
+                        entry_id = self._same_item(conn, item)
+                        stored_hash = digest  # another feed's copy of the item: keep it
+                    if entry_id is None:
+                        entry_id = conn.execute(
+                            insert(entries_table).values(
+                                {
+                                    "published": now,
+                                    **_entry_values(item),
+                                    "content_hash": digest,
+                                    "first_seen": now,
+                                    "updated_at": now,
+                                }
+                            )
+                        ).inserted_primary_key[0]  # type: ignore[index]
+                        new += 1
+                    conn.execute(
+                        insert(sources_table).values(
+                            feed=item.feed, guid=item.guid, entry_id=entry_id, seen_at=now, last_seen=now
+                        )
+                    )
+                    known[(item.feed, item.guid)] = (entry_id, digest)
+                # An edit (same identity, new content) updates the copy, unless it was pruned.
+                # Only the feed that first carried the entry edits it: otherwise two feeds with
+                # different copies of one paper would overwrite each other on every fetch.
+                if stored_hash != digest and self._owns(conn, entry_id, item):
                     conn.execute(
                         update(entries_table)
-                        .where(entries_table.c.id == entry_id, entries_table.c.content_hash != digest)
+                        .where(
+                            entries_table.c.id == entry_id,
+                            entries_table.c.content_hash != digest,
+                            entries_table.c.pruned_at.is_(None),
+                        )
                         .values(**_entry_values(item), content_hash=digest, updated_at=now)
                     )
-                    continue
-                entry_id = self._same_item(conn, item)
-                if entry_id is None:
-                    entry_id = conn.execute(
-                        insert(entries_table).values(
-                            {
-                                "published": now,
-                                **_entry_values(item),
-                                "content_hash": digest,
-                                "first_seen": now,
-                                "updated_at": now,
-                            }
-                        )
-                    ).inserted_primary_key[0]  # type: ignore[index]
-                    new += 1
-                conn.execute(
-                    insert(sources_table).values(
-                        feed=item.feed, guid=item.guid, entry_id=entry_id, seen_at=now
-                    )
-                )
-                known[(item.feed, item.guid)] = entry_id
         return new
+
+    def touch_feed(self, feed: str, now: datetime) -> None:
+        """The feed is unchanged (304, or the same bytes): the items of its last document are
+        still carried, as far as pruning is concerned."""
+        last = select(func.max(sources_table.c.last_seen)).where(sources_table.c.feed == feed)
+        with self._tx() as conn:
+            conn.execute(
+                update(sources_table)
+                .where(sources_table.c.feed == feed, sources_table.c.last_seen == last.scalar_subquery())
+                .values(last_seen=now)
+            )
+
+    @staticmethod
+    def _owns(conn: Connection, entry_id: int, item: FeedItem) -> bool:
+        """Whether this item's feed is the first that carried the entry (its copy is the one kept)."""
+        first = conn.execute(
+            select(sources_table.c.feed)
+            .where(sources_table.c.entry_id == entry_id)
+            .order_by(sources_table.c.seen_at, sources_table.c.feed)
+            .limit(1)
+        ).scalar()
+        return first == item.feed
+
+    @staticmethod
+    def _renamed(conn: Connection, item: FeedItem, current: set[str]) -> int | None:
+        """An entry of this feed with the same title and text whose guids all left the document."""
+        fingerprint = _fingerprint(item)
+        if fingerprint is None:
+            return None
+        candidates = conn.execute(
+            select(sources_table.c.entry_id)
+            .join(entries_table, entries_table.c.id == sources_table.c.entry_id)
+            .where(sources_table.c.feed == item.feed, entries_table.c.fingerprint == fingerprint)
+            .distinct()
+            .order_by(sources_table.c.entry_id)
+        ).scalars()
+        for entry_id in candidates:
+            guids = conn.execute(
+                select(sources_table.c.guid).where(
+                    sources_table.c.feed == item.feed, sources_table.c.entry_id == entry_id
+                )
+            ).scalars()
+            if not any(guid in current for guid in guids):
+                return int(entry_id)
+        return None
 
     @staticmethod
     def _same_item(conn: Connection, item: FeedItem) -> int | None:
@@ -437,12 +586,75 @@ class Store:
         ).scalar()
         return found
 
+    def prune(self, now: datetime, retain: timedelta) -> tuple[int, int, int]:
+        """Prune old state; return (entries hollowed, identities forgotten, outbox rows dropped).
+
+        An entry first seen more than ``retain`` ago loses its text (title and link stay) and
+        is no longer offered to anyone, unless a digest holding it is still in the outbox. Its
+        identity stays while any feed carries it and for ``retain`` after the last fetch that
+        did, so an old item a feed still lists is recognised and never sent again. The entry
+        with the highest id is never deleted: SQLite would hand its id out again, and an id
+        in ``delivered_entries`` must never name a different entry.
+        """
+        cutoff = now - retain
+        busy = (
+            select(taken_table.c.entry_id)
+            .join(deliveries_table, deliveries_table.c.id == taken_table.c.delivery_id)
+            .where(deliveries_table.c.state.in_([PENDING, SENDING]))
+        )
+        with self._tx() as conn:
+            hollowed = conn.execute(
+                update(entries_table)
+                .where(
+                    entries_table.c.pruned_at.is_(None),
+                    entries_table.c.first_seen < cutoff,
+                    entries_table.c.id.not_in(busy),
+                )
+                .values(pruned_at=now, summary_html="", authors=[], categories=[])
+            ).rowcount
+            seen = select(sources_table.c.entry_id).where(sources_table.c.last_seen >= cutoff)
+            newest = select(func.max(entries_table.c.id)).scalar_subquery()
+            doomed = [
+                row.id
+                for row in conn.execute(
+                    select(entries_table.c.id).where(
+                        entries_table.c.pruned_at.is_not(None),
+                        entries_table.c.id.not_in(seen),
+                        entries_table.c.id < newest,
+                    )
+                )
+            ]
+            for chunk in _chunks(doomed, 500):
+                conn.execute(delete(sources_table).where(sources_table.c.entry_id.in_(chunk)))
+                conn.execute(delete(entries_table).where(entries_table.c.id.in_(chunk)))
+            # A finished digest older than ``retain`` whose entries can no longer be offered to
+            # anyone (all hollowed or gone) is forgotten with its taken rows: nothing can resurface.
+            live = (
+                select(taken_table.c.delivery_id)
+                .join(entries_table, entries_table.c.id == taken_table.c.entry_id)
+                .where(entries_table.c.pruned_at.is_(None))
+            )
+            old = [
+                row.id
+                for row in conn.execute(
+                    select(deliveries_table.c.id).where(
+                        deliveries_table.c.state.in_([SENT, FAILED]),
+                        deliveries_table.c.created_at < cutoff,
+                        deliveries_table.c.id.not_in(live),
+                    )
+                )
+            ]
+            for chunk in _chunks(old, 500):
+                conn.execute(delete(taken_table).where(taken_table.c.delivery_id.in_(chunk)))
+                conn.execute(delete(deliveries_table).where(deliveries_table.c.id.in_(chunk)))
+        return hollowed, len(doomed), len(old)
+
     def entries_since(self, cutoff: datetime) -> list[Entry]:
         """Entries published (or, undated, first seen) at or after ``cutoff``, newest first."""
         with self._tx() as conn:
             rows = conn.execute(
                 select(entries_table)
-                .where(entries_table.c.published >= cutoff)
+                .where(entries_table.c.published >= cutoff, entries_table.c.pruned_at.is_(None))
                 .order_by(entries_table.c.published.desc(), entries_table.c.id.desc())
             ).all()
             return self._entries(conn, rows)
@@ -460,12 +672,16 @@ class Store:
         return None
 
     def entries_by_id(self, ids: Iterable[int]) -> dict[int, Entry]:
-        """The stored entries with these ids (missing ids are simply absent)."""
+        """The stored entries with these ids (missing or pruned ids are simply absent)."""
         wanted = sorted(set(ids))
         out: dict[int, Entry] = {}
         with self._tx() as conn:
             for chunk in _chunks(wanted, 500):
-                rows = conn.execute(select(entries_table).where(entries_table.c.id.in_(chunk))).all()
+                rows = conn.execute(
+                    select(entries_table).where(
+                        entries_table.c.id.in_(chunk), entries_table.c.pruned_at.is_(None)
+                    )
+                ).all()
                 out.update({e.id: e for e in self._entries(conn, rows)})
         return out
 
@@ -559,6 +775,46 @@ class Store:
         if not done.rowcount:
             conn.execute(insert(subscribers_table).values(email=email, **values))
 
+    # --- leases ------------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> str | None:
+        """Take the named lease; return None, or a description of the live holder that has it.
+
+        A lease is free when nobody holds it, when it expired (its holder stopped renewing),
+        or when its holder was a process on this machine that no longer exists.
+        """
+        with self._tx() as conn:
+            row = conn.execute(select(leases_table).where(leases_table.c.name == name)).first()
+            if (
+                row is not None
+                and row.holder != holder
+                and row.expires_at > now
+                and not _holder_is_dead(row.holder)
+            ):
+                return f"{row.holder}, since {row.acquired_at.isoformat(timespec='seconds')}"
+            values = {"holder": holder, "acquired_at": now, "expires_at": now + ttl}
+            if row is None:
+                conn.execute(insert(leases_table).values(name=name, **values))
+            else:
+                conn.execute(update(leases_table).where(leases_table.c.name == name).values(**values))
+            return None
+
+    def renew_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
+        """Extend a lease we hold; False when another process has taken it."""
+        with self._tx() as conn:
+            done = conn.execute(
+                update(leases_table)
+                .where(leases_table.c.name == name, leases_table.c.holder == holder)
+                .values(expires_at=now + ttl)
+            )
+            return bool(done.rowcount)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                delete(leases_table).where(leases_table.c.name == name, leases_table.c.holder == holder)
+            )
+
     # --- outbox --------------------------------------------------------------------------------
 
     def enqueue(self, deliveries: Sequence[NewDelivery]) -> list[NewDelivery]:
@@ -602,42 +858,42 @@ class Store:
                 accepted.append(item)
         return accepted
 
-    def claim(
-        self,
-        now: datetime,
-        *,
-        lease: timedelta,
-        owner: str,
-        subscribers: Sequence[str] | None = None,
-        limit: int = 100,
-    ) -> list[OutboxRow]:
-        """Atomically take up to ``limit`` due rows: pending ones whose time has come, and
-        sending ones whose holder's lease expired or whose local holder process is dead."""
-        due = or_(
+    def count_due(self, now: datetime) -> int:
+        """How many outbox rows a ``claim`` at ``now`` could take (a hint for progress bars)."""
+        with self._tx() as conn:
+            return int(conn.execute(select(func.count()).where(self._due(now))).scalar_one())
+
+    @staticmethod
+    def _due(now: datetime) -> Any:
+        return or_(
             and_(deliveries_table.c.state == PENDING, deliveries_table.c.next_attempt_at <= now),
             and_(deliveries_table.c.state == SENDING, deliveries_table.c.lease_until < now),
         )
-        stale = deliveries_table.c.state == SENDING
-        where = [due]
-        if subscribers is not None:
-            where.append(deliveries_table.c.subscriber.in_(list(subscribers)))
+
+    def claim(self, now: datetime, *, lease: timedelta, owner: str, limit: int = 100) -> list[OutboxRow]:
+        """Atomically take up to ``limit`` due rows (pending -> sending, with a lease).
+
+        Due: pending rows whose next attempt has come, and sending rows whose lease expired
+        or whose holder is a process on this machine that no longer exists (a crashed
+        ``send``: its digests go out again, with the same Message-ID).
+        """
         with self._tx() as conn:
-            candidates = select(
-                deliveries_table.c.id, deliveries_table.c.state, deliveries_table.c.claimed_by
+            locking = conn.dialect.name == "postgresql"
+            query = (
+                select(deliveries_table.c.id)
+                .where(self._due(now))
+                .order_by(deliveries_table.c.id)
+                .limit(limit)
             )
-            query = candidates.where(*where).order_by(deliveries_table.c.id).limit(limit)
-            if conn.dialect.name == "postgresql":
+            orphans = select(deliveries_table.c.id, deliveries_table.c.claimed_by).where(
+                deliveries_table.c.state == SENDING, deliveries_table.c.lease_until >= now
+            )
+            if locking:  # SQLite serialises writers with BEGIN IMMEDIATE; PostgreSQL needs row locks
                 query = query.with_for_update(skip_locked=True)
-            ids = [row.id for row in conn.execute(query)]
-            # Sending rows held by a local process that no longer exists are taken at once.
-            orphan_query = select(deliveries_table.c.id, deliveries_table.c.claimed_by).where(
-                stale, deliveries_table.c.lease_until >= now
-            )
-            if subscribers is not None:
-                orphan_query = orphan_query.where(deliveries_table.c.subscriber.in_(list(subscribers)))
-            ids += [row.id for row in conn.execute(orphan_query) if _holder_is_dead(row.claimed_by)][
-                : max(0, limit - len(ids))
-            ]
+                orphans = orphans.with_for_update(skip_locked=True)
+            ids = list(conn.execute(query).scalars())
+            dead = [row.id for row in conn.execute(orphans) if _holder_is_dead(row.claimed_by)]
+            ids += dead[: max(0, limit - len(ids))]
             if not ids:
                 return []
             conn.execute(
@@ -726,15 +982,6 @@ class Store:
             )
             return {row[0]: row[1] for row in rows}
 
-    def forget_deliveries_before(self, cutoff: datetime) -> int:
-        """Drop finished outbox rows older than ``cutoff`` (their taken entries go with them)."""
-        with self._tx() as conn:
-            old = select(deliveries_table.c.id).where(
-                deliveries_table.c.state.in_([SENT, FAILED]), deliveries_table.c.created_at < cutoff
-            )
-            conn.execute(delete(taken_table).where(taken_table.c.delivery_id.in_(old)))
-            return conn.execute(delete(deliveries_table).where(deliveries_table.c.id.in_(old))).rowcount
-
 
 def _outbox_row(row: Any) -> OutboxRow:
     return OutboxRow(
@@ -759,6 +1006,7 @@ def _entry_values(item: FeedItem) -> dict[str, Any]:
         "summary_html": item.summary_html,
         "authors": list(item.authors),
         "categories": list(item.categories),
+        "fingerprint": _fingerprint(item),
     }
     if item.published is not None:
         values["published"] = item.published
@@ -770,6 +1018,45 @@ def _content_hash(item: FeedItem) -> str:
         [item.title, item.link, item.summary_html, item.authors, item.categories], ensure_ascii=False
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _fingerprint(item: FeedItem) -> str | None:
+    """Title and text, to recognise an entry whose guid changed; None when there is no text
+    (a title alone, such as "Weekly notes", says too little)."""
+    return _fingerprint_of(item.title, item.summary_html)
+
+
+def _fingerprint_of(title: str, summary_html: str) -> str | None:
+    if not summary_html.strip():
+        return None
+    return hashlib.sha256(json.dumps([title, summary_html], ensure_ascii=False).encode()).hexdigest()
+
+
+def _upgrade(conn: Connection, version: int) -> None:
+    """Bring a database written by an older digest up to :data:`SCHEMA_VERSION`, in place."""
+    if version < 2:
+        added = {
+            feeds_table: ("last_error_at", "failing_since", "alert", "body_hash"),
+            entries_table: ("fingerprint", "pruned_at"),
+            sources_table: ("last_seen",),
+        }
+        for table, names in added.items():
+            for name in names:
+                column = table.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+        for table in added:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
+        conn.execute(update(sources_table).values(last_seen=sources_table.c.seen_at))
+        rows = conn.execute(select(entries_table.c.id, entries_table.c.title, entries_table.c.summary_html))
+        for row in rows.all():
+            conn.execute(
+                update(entries_table)
+                .where(entries_table.c.id == row.id)
+                .values(fingerprint=_fingerprint_of(row.title, row.summary_html))
+            )
+    conn.execute(update(meta_table).where(meta_table.c.key == "schema").values(value=str(SCHEMA_VERSION)))
 
 
 def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -5,23 +5,34 @@ Nothing of ours is mocked: tests talk to servers on 127.0.0.1 over real sockets.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
+import gzip
+import hashlib
 import http.server
+import json
 import socket
 import threading
+import time
+import urllib.parse
+import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import brotli
+import httpcore
 import lxml.html
 import pytest
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
+from pipeline.fetch import Network
 
 DATA = Path(__file__).parent / "data"
 
@@ -33,42 +44,87 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+Action = str | tuple[str, str] | None
+
+
 @dataclass
 class SmtpHandler:
-    """Stores every accepted message; answers with scripted faults per recipient.
+    """Stores every accepted message; plays scripted faults.
 
-    ``faults`` maps a recipient address to a reply such as "550 5.1.1 no such user"; a reply
-    given as a list is used one item per attempt ("451 ..." then None for success).
+    ``faults`` maps a recipient to one action per delivery attempt (the last one repeats; None
+    accepts). An action is a reply such as ``"451 4.3.0 try later"`` given at RCPT, or a pair
+    ``(stage, what)`` with stage RCPT or DATA and ``what`` a reply or one of: ``DROP`` (close
+    the connection without replying), ``STALL`` (say nothing for ``stall`` seconds, then
+    close), ``ACCEPT-DROP`` / ``ACCEPT-STALL`` (store the message first: the client cannot know
+    it arrived). ``mail_faults`` holds actions for the next MAIL commands, in order.
     """
 
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
-    faults: dict[str, Any] = field(default_factory=dict)
+    faults: dict[str, list[Action]] = field(default_factory=dict)
+    mail_faults: deque[Action] = field(default_factory=deque)
     attempts: dict[str, int] = field(default_factory=dict)
+    peers: set[Any] = field(default_factory=set)
+    stall: float = 2.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _fault(self, address: str) -> str | None:
+    def _action(self, address: str, stage: str) -> Action:
         with self.lock:
-            n = self.attempts[address] = self.attempts.get(address, 0) + 1
-        reply = self.faults.get(address)
-        if isinstance(reply, list):
-            return reply[n - 1] if n - 1 < len(reply) else None
-        return reply
+            if stage == "RCPT":
+                self.attempts[address] = self.attempts.get(address, 0) + 1
+            n = self.attempts.get(address, 1)
+        script = self.faults.get(address)
+        if not script:
+            return None
+        action = script[min(n, len(script)) - 1]
+        if isinstance(action, tuple):
+            return action[1] if action[0] == stage else None
+        return action if stage == "RCPT" else None
 
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
-    ) -> str:
-        fault = self._fault(address)
-        if fault:
-            return fault
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
+    async def _play(self, server: Any, action: str, envelope: Any = None) -> str:
+        if action in ("ACCEPT-DROP", "ACCEPT-STALL"):
+            self._store(envelope)
+            action = action.removeprefix("ACCEPT-")
+        if action == "STALL":
+            await asyncio.sleep(self.stall)
+            action = "DROP"
+        if action == "DROP":
+            server.transport.close()
+            return "421 4.4.2 connection dropped"  # never reaches the client
+        return action
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    def _store(self, envelope: Any) -> None:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         with self.lock:
             self.messages.append(message)  # type: ignore[arg-type]
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.peers.add(session.peer)
+        with self.lock:
+            action = self.mail_faults.popleft() if self.mail_faults else None
+        if action:
+            return await self._play(server, action if isinstance(action, str) else action[1])
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        action = self._action(address, "RCPT")
+        if action:
+            return await self._play(server, action)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        action = self._action(envelope.rcpt_tos[0], "DATA")
+        if action:
+            return await self._play(server, action, envelope)
+        self._store(envelope)
         return "250 Message accepted for delivery"
 
     def to(self, address: str) -> list[EmailMessage]:
@@ -82,12 +138,17 @@ class SmtpServer:
     handler: SmtpHandler
 
 
+def start_smtp(handler: SmtpHandler, **kwargs: Any) -> tuple[Controller, int]:
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    return controller, port
+
+
 @pytest.fixture
 def smtp_server() -> Iterator[SmtpServer]:
     handler = SmtpHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
+    controller, port = start_smtp(handler)
     try:
         yield SmtpServer("127.0.0.1", port, handler)
     finally:
@@ -95,20 +156,142 @@ def smtp_server() -> Iterator[SmtpServer]:
 
 
 class FeedHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves tests/data (or the server's folder); /status/NNN answers NNN."""
+    """Serves tests/data (or the server's folder), plus special paths for fetch tests:
+
+    - ``/status/NNN[?retry_after=V]`` answers NNN (with a Retry-After header);
+    - ``/redirect/NNN?to=URL`` answers NNN with ``Location: URL``;
+    - ``/loop/a`` and ``/loop/b`` redirect to each other; ``/chain/N`` redirects N times
+      (``/chain/N-1``, ...) and ``/chain/0`` serves arxiv-cs.xml;
+    - ``/trickle?every=S&total=T`` sends headers, then one byte every S seconds for T seconds;
+    - ``/hang?seconds=T`` reads the request and answers nothing for T seconds;
+    - ``/huge?bytes=N`` sends N bytes of a feed-looking body;
+    - ``/gzip/NAME``, ``/deflate/NAME``, ``/raw-deflate/NAME``, ``/br/NAME`` serve the file
+      compressed, with its Content-Encoding;
+    - ``/bomb/gzip?mb=M``, ``/bomb/br?mb=M``: M megabytes of zeros, compressed;
+    - ``/etag/NAME`` serves the file with an ETag and answers If-None-Match with 304.
+
+    Every request's path and headers are recorded in ``server.requests``.
+    """
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
 
     def __init__(self, request: Any, client_address: Any, server: Any) -> None:
         super().__init__(request, client_address, server, directory=server.directory)
 
     def do_GET(self) -> None:
         self.server.requests.append((self.path, dict(self.headers)))  # type: ignore[attr-defined]
-        if self.path.startswith("/status/"):
-            code = int(self.path.split("/")[2])
-            self.send_response(code)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        parts = url.path.strip("/").split("/")
+        special = getattr(self, f"_get_{parts[0].replace('-', '_')}", None)
+        if special is not None:
+            special(parts[1:], query)
             return
         super().do_GET()
+
+    def _reply(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _file(self, name: str) -> bytes:
+        return (Path(self.server.directory) / name).read_bytes()  # type: ignore[attr-defined]
+
+    def _get_status(self, parts: list[str], query: dict[str, str]) -> None:
+        headers = {"Retry-After": query["retry_after"]} if "retry_after" in query else {}
+        self._reply(int(parts[0]), headers=headers)
+
+    def _get_redirect(self, parts: list[str], query: dict[str, str]) -> None:
+        self._reply(int(parts[0]), headers={"Location": query["to"]})
+
+    def _get_loop(self, parts: list[str], query: dict[str, str]) -> None:
+        self._reply(302, headers={"Location": "/loop/b" if parts[0] == "a" else "/loop/a"})
+
+    def _get_chain(self, parts: list[str], query: dict[str, str]) -> None:
+        n = int(parts[0])
+        if n == 0:
+            self._reply(200, self._file("arxiv-cs.xml"), {"Content-Type": "application/rss+xml"})
+        else:
+            self._reply(302, headers={"Location": f"/chain/{n - 1}"})
+
+    def _get_trickle(self, parts: list[str], query: dict[str, str]) -> None:
+        every, total = float(query.get("every", "0.2")), float(query.get("total", "30"))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/rss+xml")
+        self.end_headers()
+        self.close_connection = True
+        body = self._file("arxiv-cs.xml")
+        deadline = time.monotonic() + total
+        try:
+            for byte in body:
+                if time.monotonic() > deadline:
+                    break
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(every)
+        except OSError:
+            pass  # the client gave up: that is the point
+
+    def _get_hang(self, parts: list[str], query: dict[str, str]) -> None:
+        time.sleep(float(query.get("seconds", "30")))
+        self.close_connection = True
+
+    def _get_huge(self, parts: list[str], query: dict[str, str]) -> None:
+        size = int(query.get("bytes", "20000000"))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/rss+xml")
+        if "no_length" not in query:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        self.close_connection = True
+        head = b'<?xml version="1.0"?><rss version="2.0"><channel><title>huge</title><!--'
+        try:
+            self.wfile.write(head)
+            sent, chunk = len(head), b"x" * 65536
+            while sent < size:
+                piece = chunk[: size - sent]
+                self.wfile.write(piece)
+                sent += len(piece)
+        except OSError:
+            pass
+
+    def _compressed(self, coding: str, body: bytes) -> None:
+        if coding == "gzip":
+            data = gzip.compress(body)
+        elif coding == "deflate":
+            data = zlib.compress(body)
+        elif coding == "raw-deflate":
+            compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            data, coding = compressor.compress(body) + compressor.flush(), "deflate"
+        else:
+            data = brotli.compress(body, quality=4)
+        self._reply(200, data, {"Content-Encoding": coding, "Content-Type": "application/xml"})
+
+    def _get_gzip(self, parts: list[str], query: dict[str, str]) -> None:
+        self._compressed("gzip", self._file(parts[0]))
+
+    def _get_deflate(self, parts: list[str], query: dict[str, str]) -> None:
+        self._compressed("deflate", self._file(parts[0]))
+
+    def _get_raw_deflate(self, parts: list[str], query: dict[str, str]) -> None:
+        self._compressed("raw-deflate", self._file(parts[0]))
+
+    def _get_br(self, parts: list[str], query: dict[str, str]) -> None:
+        self._compressed("br", self._file(parts[0]))
+
+    def _get_bomb(self, parts: list[str], query: dict[str, str]) -> None:
+        self._compressed(parts[0], b"\0" * (int(query.get("mb", "50")) * 1_000_000))
+
+    def _get_etag(self, parts: list[str], query: dict[str, str]) -> None:
+        body = self._file(parts[0])
+        tag = '"' + hashlib.sha1(body).hexdigest()[:16] + '"'
+        if self.headers.get("If-None-Match") == tag:
+            self._reply(304, headers={"ETag": tag})
+        else:
+            self._reply(200, body, {"ETag": tag, "Content-Type": "application/atom+xml"})
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -135,13 +318,52 @@ def feed_server(tmp_path: Path) -> Iterator[FeedServer]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FeedHandler)
     server.directory = str(directory)  # type: ignore[attr-defined]
     server.requests = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield FeedServer(f"http://127.0.0.1:{server.server_address[1]}", directory, server.requests)  # type: ignore[attr-defined]
     finally:
         server.shutdown()
         server.server_close()
+
+
+class LoopbackBackend(httpcore.AsyncNetworkBackend):
+    """The network, faked at the process boundary: every TCP connection, whatever address
+    digest chose, goes to 127.0.0.1 on the same port. Nothing leaves the machine."""
+
+    def __init__(self) -> None:
+        self.inner = httpcore.AnyIOBackend()
+        self.addresses: list[str] = []  # the addresses digest asked to connect to
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.addresses.append(host)
+        return await self.inner.connect_tcp("127.0.0.1", port, timeout=timeout)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise NotImplementedError
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def fake_network(names: dict[str, list[str]]) -> Network:
+    """DNS answering ``names`` (made-up host names to made-up addresses) over the loopback backend."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in names:
+            raise httpcore.ConnectError(f"cannot resolve {host}: unknown name")
+        return names[host]
+
+    return Network(resolve=resolve, backend=LoopbackBackend())
 
 
 BASE_CONFIG = """
@@ -201,21 +423,17 @@ topics = ["rl", "robots", "spiking"]
 
 
 def smtp_section(server: SmtpServer, **extra: Any) -> str:
-    lines = [
-        "[smtp]",
-        'host = "127.0.0.1"',
-        f"port = {server.port}",
-        'security = "none"',
-        'from = "Test Digest <digest@example.net>"',
-        'timeout = "5s"',
-    ]
-    for key, value in extra.items():
-        lines.append(
-            f"{key} = {value!r}".replace("'", '"')
-            if isinstance(value, str)
-            else f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
-        )
-    return "\n".join(lines) + "\n"
+    """An [smtp] section pointing at the test server; keyword arguments override or add keys."""
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "security": "none",
+        "from": "Test Digest <digest@example.net>",
+        "timeout": "5s",
+        "retry_delay": "0.05s",
+    }
+    values.update(extra)
+    return "[smtp]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
 
 
 @pytest.fixture

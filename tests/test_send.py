@@ -177,7 +177,7 @@ def test_maildir_delivery_without_smtp(
 def test_a_refused_address_fails_alone_and_is_named(
     cli: Callable[..., Result], write_config: Callable[..., Path], smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
-    smtp_server.handler.faults["grace@example.org"] = "550 5.1.1 <grace@example.org>: mailbox unavailable"
+    smtp_server.handler.faults["grace@example.org"] = ["550 5.1.1 <grace@example.org>: mailbox unavailable"]
     config = write_config(smtp=smtp_section(smtp_server))
     result = cli("--config", config, "send")
     assert result.exit_code == 1, result.output
@@ -253,3 +253,12 @@ def test_fetch_prints_a_line_per_feed(
     # SimpleHTTPRequestHandler sends Last-Modified: the second fetch is a conditional GET -> 304.
     assert re.search(r"arxiv-cs\s+not modified", second.output), second.output
     assert any(h.get("If-Modified-Since") for p, h in feed_server.requests if p == "/arxiv-cs.xml")
+
+
+def test_maildir_delivery_into_an_existing_empty_folder(
+    cli: Callable[..., Result], write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    (tmp_path / "outbox").mkdir()  # e.g. made by `preview --output outbox/ada.html`
+    result = cli("--config", write_config(), "send")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 3
