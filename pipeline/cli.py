@@ -15,7 +15,7 @@ import threading
 import webbrowser
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -27,8 +27,10 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__, run
-from .config import Settings, load_settings
-from .errors import ConfigError, DigestError
+from .config import Settings, config_path, format_duration, load_settings, parse_duration
+from .errors import ConfigError, DigestError, MatchError
+from .match import Explanation, TermCheck
+from .models import Entry
 from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,6 +86,11 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except ConfigError as exc:
             _fail("\n".join(exc.problems) + f"\n{len(exc.problems)} problem(s) in the config.", 2)
+        except MatchError as exc:
+            # A topic that does not compile is a mistake in the config: name the file, exit 2.
+            path = config_path(args[0].config if args and isinstance(args[0], Context) else None)
+            lines = [f"{path}: {problem}" for problem in exc.problems]
+            _fail("\n".join(lines) + f"\n{len(lines)} problem(s) in the config.", 2)
         except DigestError as exc:
             _fail(f"error: {exc}", 1)
         return None
@@ -340,6 +347,123 @@ def preview(
         url = output.resolve().as_uri()
         if not webbrowser.open(url):  # $BROWSER, else the desktop's default browser
             err.print(f"could not start a web browser: open {url} yourself", markup=False)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command(name="match")
+@click.option("--topic", "-t", "topics", multiple=True, metavar="NAME", help="Only this topic (repeatable).")
+@click.option(
+    "--subscriber",
+    "-s",
+    metavar="EMAIL",
+    help="That subscriber's topics; each entry once, under the first that matches (as in their digest).",
+)
+@click.option(
+    "--since",
+    metavar="DURATION",
+    callback=_duration,
+    help="Entries published this recently, e.g. 7d (default: [digest] lookback).",
+)
+@click.option(
+    "--explain",
+    metavar="URL",
+    help="For the stored entry with this link or arXiv id: every topic and why it matched or not.",
+)
+@click.pass_obj
+@handle_errors
+def match_command(
+    ctx: Context,
+    topics: tuple[str, ...],
+    subscriber: str | None,
+    since: timedelta | None,
+    explain: str | None,
+) -> None:
+    """List the stored entries that match, with score and the terms that hit; send nothing.
+
+    Tune a topic with it: edit the config, run it again. It reads the entries `digest fetch`
+    stored. With --explain, show for one entry every topic and why it did or did not match.
+
+    Example: digest --config config/digest.toml match --topic rl
+
+    Example: digest --config config/digest.toml match --explain https://arxiv.org/abs/2611.03377
+    """
+    settings = ctx.settings()
+    try:
+        run.select_topics(settings, topics, subscriber)
+    except DigestError as exc:
+        _fail(f"error: {exc}", 2)
+    with ctx.store(settings) as store:
+        if explain is not None:
+            entry, explanations = run.explain_entry(
+                settings, store, explain, topics=topics, subscriber=subscriber
+            )
+            _print_explanations(entry, explanations)
+            return
+        found = run.find_matches(settings, store, topics=topics, subscriber=subscriber, since=since)
+    for topic in found:
+        count = len(topic.matches)
+        out.print(
+            f"{topic.topic} ({topic.title}): {count} matching {'entry' if count == 1 else 'entries'}",
+            markup=False,
+        )
+        if not topic.matches:
+            continue
+        table = Table("score", "published", "title", "hits", "link", box=None, pad_edge=False)
+        for m in topic.matches:
+            table.add_row(
+                str(m.score),
+                m.entry.published.strftime("%Y-%m-%d"),
+                m.entry.title,
+                ", ".join(m.hits),
+                m.entry.link or "",
+            )
+        out.print(table)
+    window = since or settings.digest.lookback
+    total = len({m.entry.id for t in found for m in t.matches})
+    out.print(
+        f"{total} {'entry matches' if total == 1 else 'entries match'} "
+        f"(published in the last {format_duration(window)}).",
+        markup=False,
+    )
+
+
+def _print_explanations(entry: Entry, explanations: list[Explanation]) -> None:
+    out.print(entry.title, markup=False)
+    for label, value in (
+        ("link", entry.link or "(none)"),
+        ("arXiv", entry.arxiv_id or "-"),
+        ("published", entry.published.strftime("%Y-%m-%d %H:%M UTC")),
+        ("feeds", ", ".join(entry.feeds)),
+        ("authors", ", ".join(entry.authors) or "-"),
+        ("categories", ", ".join(entry.categories) or "-"),
+    ):
+        out.print(f"  {label}: {value}", markup=False)
+    for e in explanations:
+        out.print("", markup=False)
+        out.print(f"{e.topic}: {'MATCH' if e.matched else 'no match'}: {e.reason}", markup=False)
+        if e.keywords:
+            out.print(f"  keywords: {_checks(e.keywords)}", markup=False)
+        if e.query is not None:
+            out.print(f"  query {e.query}: {'true' if e.query_matched else 'false'}", markup=False)
+            out.print(f"    terms: {_checks(e.query_terms)}", markup=False)
+        if e.exclude:
+            out.print(f"  exclude: {_checks(e.exclude)}", markup=False)
+        where = "any" if not e.feeds else ", ".join(e.feeds) + (" (ok)" if e.feed_ok else " (not these)")
+        out.print(f"  feeds: {where}", markup=False)
+
+
+def _checks(checks: tuple[TermCheck, ...]) -> str:
+    return "; ".join(
+        f"{'NOT ' if c.negated else ''}{c.text} "
+        + (f"(found in {', '.join(c.found_in)})" if c.found_in else "(not found)")
+        for c in checks
+    )
 
 
 @main.command(name="run")

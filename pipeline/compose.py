@@ -18,11 +18,11 @@ Lines: every body line is at most 76 characters (quoted-printable), every header
 from __future__ import annotations
 
 import binascii
-import functools
 import hashlib
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
+from functools import lru_cache
 from urllib.parse import quote
 
 from .models import Digest, OutgoingMessage, RenderedDigest
@@ -39,6 +39,7 @@ _qp_size = {"lines": 0, "parts": 0}
 _URL_SAFE = "!#$%&'()*+,-./:;=?@[]~_"
 
 
+@lru_cache(maxsize=16)  # parseaddr costs ~40 us, and every digest of a run has the same sender
 def sender_address(sender: str) -> str:
     """The bare address of a ``Name <addr>`` sender."""
     return parseaddr(sender)[1]
@@ -46,10 +47,16 @@ def sender_address(sender: str) -> str:
 
 def message_id(subscriber: str, entry_ids: list[int], created_at: datetime, sender: str) -> str:
     """A Message-ID fixed by the digest's content and time, on the sender's domain."""
-    seed = f"{subscriber}\n{created_at.isoformat()}\n{','.join(map(str, sorted(entry_ids)))}"
+    iso, stamp = _stamps(created_at)
+    seed = f"{subscriber}\n{iso}\n{','.join(map(str, sorted(entry_ids)))}"
     token = hashlib.sha256(seed.encode()).hexdigest()[:24]
     domain = sender_address(sender).rpartition("@")[2] or "localhost"
-    return f"<{created_at.strftime('%Y%m%d%H%M%S')}.{token}@{domain}>"
+    return f"<{stamp}.{token}@{domain}>"
+
+
+@lru_cache(maxsize=16)  # one run plans thousands of digests created at the same time
+def _stamps(created_at: datetime) -> tuple[str, str]:
+    return created_at.isoformat(), created_at.strftime("%Y%m%d%H%M%S")
 
 
 def header_text(value: str, limit: int) -> str:
@@ -113,7 +120,7 @@ def mailbox(name: str, display: str | None, address: str) -> str:
     return f"{phrase}{fold} <{address}>"
 
 
-@functools.lru_cache(maxsize=16)
+@lru_cache(maxsize=16)
 def list_id_header(list_id: str) -> str:
     """``Title <list.id>`` (RFC 2919) with the title quoted or encoded as needed."""
     phrase, _, rest = clean_text(list_id).rpartition("<")
@@ -122,24 +129,24 @@ def list_id_header(list_id: str) -> str:
     return _fold("List-Id", f"{_phrase('List-Id', phrase)} <{ident}>" if phrase else f"<{ident}>")
 
 
-@functools.lru_cache(maxsize=16)
+@lru_cache(maxsize=16)
 def _sender(sender: str) -> tuple[str, str]:
     """The envelope address and the From header of a ``Name <address>`` sender (once per run)."""
     name, address = parseaddr(clean_text(sender))
     return address, mailbox("From", name, address)
 
 
-@functools.lru_cache(maxsize=1024)
+@lru_cache(maxsize=1024)
 def _subject(subject: str) -> str:
     return unstructured("Subject", header_text(subject, SUBJECT_LIMIT))
 
 
-@functools.lru_cache(maxsize=16)
+@lru_cache(maxsize=16)
 def _date(when: datetime) -> str:
     return format_datetime(when)
 
 
-@functools.lru_cache(maxsize=1024)
+@lru_cache(maxsize=1024)
 def _url(url: str) -> str:
     """A URL fit for ``<...>`` in List-Unsubscribe: ASCII, no spaces or angle brackets."""
     return quote(clean_text(url), safe=_URL_SAFE)

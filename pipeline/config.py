@@ -439,6 +439,11 @@ def parse_settings(text: str, file: Path) -> Settings:
     return settings
 
 
+def key_line(text: str, key: tuple[str | int, ...]) -> int | None:
+    """The line of config ``text`` where the key path ``key`` (or its nearest parent) is written."""
+    return _Locator(text).line(key)
+
+
 def _message(error: Any) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":

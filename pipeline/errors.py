@@ -7,6 +7,7 @@ into a message and an exit code (never a traceback).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 
@@ -47,7 +48,18 @@ class StoreError(DigestError):
 
 
 class MatchError(DigestError):
-    """A topic's keywords or query are invalid."""
+    """A topic's keywords or query are invalid.
+
+    ``key`` is the config key path of the problem (``("topics", "rl", "query")``), so that
+    ``check`` can name its line; an error that gathers several problems lists them in ``problems``.
+    """
+
+    def __init__(
+        self, message: str, key: tuple[str | int, ...] = (), *, problems: Sequence[MatchError] = ()
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.problems: tuple[MatchError, ...] = tuple(problems) or (self,)
 
 
 class RenderError(DigestError):
