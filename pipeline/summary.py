@@ -193,9 +193,13 @@ def shorten_html(fragment: str, limit: int) -> tuple[str, bool]:
     return "".join(out), True
 
 
-def highlight_text(text: str, hits: Iterable[str]) -> Markup:
-    """Plain text, escaped, with the words that made the entry match wrapped in ``<mark>``."""
-    spans = hit_spans(text, tuple(hits))
+def highlight_text(text: str, hits: Iterable[str], *, field: str = "title") -> Markup:
+    """Plain text, escaped, with the words that made the entry match wrapped in ``<mark>``.
+
+    ``field`` is what the text is (``match.hit_spans``): a hit that searches only summaries
+    is not marked in a title.
+    """
+    spans = hit_spans(text, tuple(hits), field=field)
     if not spans:
         return escape(text)
     out, pos = [], 0
@@ -230,7 +234,7 @@ def highlight_html(fragment: str, hits: Iterable[str]) -> str:
         size += len(text)
     whole = "".join(texts)
     spans, seen = [], set()
-    for start, end in hit_spans(whole, hits):
+    for start, end in hit_spans(whole, hits, field="summary"):
         key = " ".join(whole[start:end].casefold().split())
         if key not in seen:
             seen.add(key)
