@@ -162,7 +162,7 @@ class SmtpTransport:
         if self.conn is None:
             self.conn = self._connect()
         try:
-            refused = self.conn.sendmail(message.sender, [message.recipient], message.data)
+            self._transaction(self.conn, message)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = exc.recipients.get(message.recipient, (550, b"recipient refused"))
             self._after_reply(code)
@@ -186,9 +186,45 @@ class SmtpTransport:
             # message (RFC 1047). It is retried with the same Message-ID.
             self._drop()
             raise DeliveryError(f"connection lost: {exc or type(exc).__name__}", transient=True) from exc
-        if refused:
-            code, reply = refused[message.recipient]
-            raise DeliveryError(f"{code} {_text(reply)}", transient=is_transient(code), code=code)
+
+    @staticmethod
+    def _transaction(conn: smtplib.SMTP, message: OutgoingMessage) -> None:
+        """One mail transaction, raising smtplib's exceptions.
+
+        When the server pipelines (RFC 2920) and the message already has CRLF line ends,
+        MAIL, RCPT and DATA go in one round trip and the message goes as it is, dot-stuffed
+        with one C-speed replace: smtplib's sendmail would wait for each reply and rewrite
+        every line of the message with regular expressions, which on a 70 KB digest costs
+        more than the sending itself. Anything else takes smtplib's own way.
+        """
+        data, sender, recipient = message.data, message.sender, message.recipient
+        plain = sender.isascii() and recipient.isascii()
+        if not (plain and conn.has_extn("pipelining") and data.count(b"\n") == data.count(b"\r\n")):
+            options = [] if plain else ["SMTPUTF8"]
+            refused = conn.sendmail(sender, [recipient], data, mail_options=options)
+            if refused:
+                raise smtplib.SMTPRecipientsRefused(refused)
+            return
+        conn.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"))
+        mail, rcpt, start = conn.getreply(), conn.getreply(), conn.getreply()
+        failed = mail[0] != 250 or rcpt[0] not in (250, 251)
+        if start[0] == 354 and failed:
+            conn.send(b".\r\n")  # a server that said 354 anyway gets an empty message ended at once
+            conn.getreply()
+        if mail[0] != 250:
+            _reset(conn, mail[0])
+            raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
+        if rcpt[0] not in (250, 251):
+            _reset(conn, rcpt[0])
+            raise smtplib.SMTPRecipientsRefused({recipient: rcpt})
+        if start[0] != 354:
+            _reset(conn, start[0])
+            raise smtplib.SMTPDataError(*start)
+        body = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
+        conn.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
+        code, reply = conn.getreply()
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
 
     def _after_reply(self, code: int) -> None:
         # 421: the server is closing the transmission channel (RFC 5321 3.8).
@@ -204,6 +240,13 @@ class SmtpTransport:
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 self.conn.quit()
             self._drop()
+
+
+def _reset(conn: smtplib.SMTP, code: int) -> None:
+    """RSET after a refused transaction, as smtplib does (not after 421: the server is closing)."""
+    if code != 421:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            conn.rset()
 
 
 def _close_quietly(conn: smtplib.SMTP | None) -> None:

@@ -731,6 +731,16 @@ class SendReport:
     nothing_new: list[str] = field(default_factory=list)
     unreachable: str | None = None
     dry_run: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the time the block takes to ``stage``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -769,9 +779,11 @@ def send(
     chosen = select_subscribers(settings, subscribers)
     report = SendReport(dry_run=dry_run)
     if fetch:
-        report.feeds = fetch_all(settings, store, clock=clock, alerts=not dry_run)
+        with report.timed("fetch"):
+            report.feeds = fetch_all(settings, store, clock=clock, alerts=not dry_run)
     now = clock()
-    digests = plan_digests(settings, store, chosen, now)
+    with report.timed("plan"):
+        digests = plan_digests(settings, store, chosen, now)
     with_digest = {d.subscriber for d in digests}
     report.nothing_new = [s.email for s in chosen if s.email not in with_digest]
     for email in report.nothing_new:
@@ -785,9 +797,12 @@ def send(
                 Outcome(digest.subscriber, digest.entry_count, "planned", subject=rendered.subject)
             )
         return report
-    store.enqueue([_delivery(settings, d) for d in digests])
-    store.mark_checked([s.email for s in chosen], now)
-    deliver_due(settings, store, report, clock=clock, progress=progress, stop=stop)
+    with report.timed("enqueue"):
+        store.enqueue([_delivery(settings, d) for d in digests])
+        store.mark_checked([s.email for s in chosen], now)
+    with report.timed("deliver"):
+        deliver_due(settings, store, report, clock=clock, progress=progress, stop=stop)
+    log.info("timings %s", " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()))
     return report
 
 
@@ -861,7 +876,8 @@ class _Delivery:
             self._renew_leases()
 
     def _claim_batch(self) -> bool:
-        rows = self.store.claim(self.clock(), lease=LEASE, owner=self.owner, limit=CLAIM_BATCH)
+        with self.report.timed("  claim"):
+            rows = self.store.claim(self.clock(), lease=LEASE, owner=self.owner, limit=CLAIM_BATCH)
         if not rows:
             return False
         if self.renderer is None:
@@ -876,14 +892,17 @@ class _Delivery:
                 retry_delay=smtp.retry_delay.total_seconds() if smtp else 0.0,
                 on_sent=self.recorder.add,
             )
-        entries = self.store.entries_by_id(
-            eid for row in rows for s in row.spec["sections"] for eid, _, _ in s["entries"]
-        )
-        digests = [digest_from_row(row, entries) for row in rows]
-        self.renderer.prepare(digests)  # one premailer call for the pieces this batch brings
+        with self.report.timed("  claim"):
+            entries = self.store.entries_by_id(
+                eid for row in rows for s in row.spec["sections"] for eid, _, _ in s["entries"]
+            )
+            digests = [digest_from_row(row, entries) for row in rows]
+        with self.report.timed("  inline"):
+            self.renderer.prepare(digests)  # one premailer call for the pieces this batch brings
         for row, digest in zip(rows, digests, strict=True):
             try:
-                message = _message(self.settings, self.renderer, digest)
+                with self.report.timed("  render+compose"):
+                    message = _message(self.settings, self.renderer, digest)
             except RenderError as exc:
                 self.store.mark_failed(row.id, str(exc))
                 log.error("digest to=%s failed=%r", row.subscriber, str(exc))

@@ -66,6 +66,7 @@ class SmtpHandler:
     attempts: dict[str, int] = field(default_factory=dict)
     peers: set[Any] = field(default_factory=set)
     stall: float = 2.0
+    pipelining: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _action(self, address: str, stage: str) -> Action:
@@ -98,6 +99,14 @@ class SmtpHandler:
         with self.lock:
             self.messages.append(message)  # type: ignore[arg-type]
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # Real servers (Postfix, Exim, Gmail) announce PIPELINING; aiosmtpd reads commands one
+        # line at a time, so a pipelined client works with it.
+        session.host_name = hostname
+        return [responses[0], "250-PIPELINING", *responses[1:]] if self.pipelining else responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]

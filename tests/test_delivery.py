@@ -23,7 +23,7 @@ import pytest
 import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import Result
-from conftest import SmtpHandler, SmtpServer, free_port, smtp_section, start_smtp
+from conftest import SmtpHandler, SmtpServer, body_text, free_port, smtp_section, start_smtp
 
 from pipeline import run
 from pipeline.config import load_settings
@@ -600,3 +600,34 @@ def test_old_finished_digests_are_forgotten_without_any_resend(
     with sqlite3.connect(tmp_path / "state" / "digest.db") as db:
         assert db.execute("select count(*) from delivered_entries").fetchone() == (0,)
     assert len(smtp_server.handler.messages) == 2
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_pipelined_and_plain_transactions_deliver_the_same_bytes(
+    tmp_path: Path, smtp_server: SmtpServer, pipelining: bool
+) -> None:
+    # A line that starts with a dot must survive SMTP's dot-stuffing either way (RFC 5321 4.5.2).
+    smtp_server.handler.pipelining = pipelining
+    feed = FEED.replace("An SNN paper.", "An SNN paper.\n.hidden line\n..and two dots")
+    config = many(tmp_path, 2, smtp_section(smtp_server))
+    (tmp_path / "feed.xml").write_text(feed)
+    settings = load_settings(config)
+    with Store(settings.digest.database_url) as store:
+        assert run.send(settings, store).count("sent") == 2
+    sent = {m["To"].addresses[0].addr_spec: m for m in smtp_server.handler.messages}
+    assert set(sent) == {"user0@example.org", "user1@example.org"}
+    for message in sent.values():
+        assert ".hidden line" in body_text(message) or ". hidden line" in body_text(message)
+
+
+def test_a_refused_sender_in_a_pipelined_transaction_is_classified_and_the_next_goes_through(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    smtp_server.handler.mail_faults.append("553 5.1.8 sender rejected")
+    config = many(tmp_path, 2, smtp_section(smtp_server))
+    settings = load_settings(config)
+    with Store(settings.digest.database_url) as store:
+        report = run.send(settings, store)
+    assert report.count("failed") == 1 and report.count("sent") == 1
+    (failed,) = [o for o in report.outcomes if o.status == "failed"]
+    assert failed.detail == "553 5.1.8 sender rejected"

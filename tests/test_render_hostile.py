@@ -268,7 +268,7 @@ def tag_soup_with_plain_text(draw: st.DrawFn) -> str:
     for _ in range(draw(st.integers(1, 15))):
         tag = draw(st.sampled_from(TAGS))
         # (values without <, > or quotes: a mis-nested one would rightly become text)
-        plain = [v for v in VALUES if not set(v) & set("<>\"")]
+        plain = [v for v in VALUES if not set(v) & set('<>"')]
         attrs = "".join(
             f' {draw(st.sampled_from(ATTRS))}="{draw(st.sampled_from(plain))}"'
             for _ in range(draw(st.integers(0, 2)))
