@@ -33,7 +33,7 @@ from .errors import DeliveryError, DigestError, FetchError, MatchError, ParseErr
 from .fetch import FetchRequest, Network, fetch_feeds, next_attempt_delay
 from .match import Explanation, compile_topics, explain, index_entries, index_entry, match_topics
 from .models import Digest, Entry, FetchResult, Match, OutgoingMessage, ParsedFeed, RenderedDigest, Section
-from .parse import arxiv_id, canonical_link, parse_feed_bounded
+from .parse import ParserProcess, arxiv_id, canonical_link
 from .render import Renderer, unsubscribe_url
 from .store import (
     ALERT_RECOVERED,
@@ -180,20 +180,31 @@ def body_hash(content: bytes) -> str:
 def _parse_all(
     results: dict[str, FetchResult], *, time_limit: float, workers: int
 ) -> dict[str, tuple[ParsedFeed | ParseError, float]]:
-    """Parse each changed feed in a worker process, a few at a time; with the time each took."""
+    """Parse each changed feed in a helper process, a few at a time; with the time each took."""
     if not results:
         return {}
+    count = max(1, min(len(results), workers, os.cpu_count() or 1))
+    parsers: queue.SimpleQueue[ParserProcess] = queue.SimpleQueue()
+    for _ in range(count):
+        parsers.put(ParserProcess())
 
     def one(result: FetchResult) -> tuple[ParsedFeed | ParseError, float]:
         started = time.monotonic()
+        parser = parsers.get()
         try:
-            outcome: ParsedFeed | ParseError = parse_feed_bounded(result, time_limit=time_limit)
+            outcome: ParsedFeed | ParseError = parser.parse(result, time_limit=time_limit)
         except ParseError as exc:
             outcome = exc
+        finally:
+            parsers.put(parser)
         return outcome, time.monotonic() - started
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(results), workers, os.cpu_count() or 1))) as pool:
-        return dict(zip(results, pool.map(one, results.values()), strict=True))
+    try:
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            return dict(zip(results, pool.map(one, results.values()), strict=True))
+    finally:
+        while not parsers.empty():
+            parsers.get().close()
 
 
 def _store_feed(
