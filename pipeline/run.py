@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from .alert import feed_alert
 from .compose import compose_message, message_id, sender_address
@@ -690,10 +690,10 @@ def _delivery(settings: Settings, digest: Digest) -> NewDelivery:
     )
 
 
-def digest_from_row(row: OutboxRow, entries: dict[int, Entry]) -> Digest:
+def digest_from_row(row: OutboxRow, spec: dict[str, Any], entries: dict[int, Entry]) -> Digest:
     """Rebuild the digest an outbox row describes (entries pruned since are left out)."""
     sections = []
-    for s in row.spec["sections"]:
+    for s in spec["sections"]:
         matches = tuple(
             Match(entries[eid], s["topic"], score, tuple(hits))
             for eid, score, hits in s["entries"]
@@ -702,9 +702,9 @@ def digest_from_row(row: OutboxRow, entries: dict[int, Entry]) -> Digest:
         sections.append(Section(s["topic"], s["title"], matches, more=s["more"]))
     return Digest(
         subscriber=row.subscriber,
-        name=row.spec.get("name"),
+        name=spec.get("name"),
         sections=tuple(sections),
-        topics=tuple(row.spec.get("topics", [])),
+        topics=tuple(spec.get("topics", [])),
         created_at=row.created_at,
         message_id=row.message_id,
     )
@@ -812,7 +812,8 @@ def send(
         store.enqueue([_delivery(settings, d) for d in digests])
         store.mark_checked([s.email for s in chosen], now)
     with report.timed("deliver"):
-        deliver_due(settings, store, report, clock=clock, progress=progress, stop=stop)
+        planned = {d.message_id: d for d in digests}
+        deliver_due(settings, store, report, clock=clock, progress=progress, stop=stop, planned=planned)
     log.info("timings %s", " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()))
     return report
 
@@ -825,6 +826,7 @@ def deliver_due(
     clock: Clock = utcnow,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    planned: Mapping[str, Digest] | None = None,
 ) -> SendReport:
     """Deliver every due outbox row: claim, render, compose, send, record each outcome.
 
@@ -833,11 +835,13 @@ def deliver_due(
     accepts them; a transient failure puts the row back as pending with exponential backoff
     until ``give_up_after``; a permanent one marks it failed. When ``stop`` is set, the
     messages in flight finish and every other claimed digest goes back to the outbox, due now.
+    ``planned`` are digests this process just put in the outbox (by Message-ID): those are not
+    rebuilt from their stored form.
     """
     report = report if report is not None else SendReport()
     if progress:
         progress.start(store.count_due(clock()))
-    delivery = _Delivery(settings, store, report, clock, progress, stop or threading.Event())
+    delivery = _Delivery(settings, store, report, clock, progress, stop or threading.Event(), planned or {})
     try:
         delivery.run()
     finally:
@@ -858,9 +862,11 @@ class _Delivery:
         clock: Clock,
         progress: Progress | None,
         stop: threading.Event,
+        planned: Mapping[str, Digest],
     ) -> None:
         self.settings, self.store, self.report, self.clock = settings, store, report, clock
-        self.progress, self.stop = progress, stop
+        self.progress, self.stop, self.planned = progress, stop, planned
+        self.entries: dict[int, Entry] = {}  # loaded for digests rebuilt from the outbox
         self.owner = owner_id()
         self.held: dict[int, tuple[OutboxRow, int]] = {}  # row id -> (row, entries in it)
         self.renderer: Renderer | None = None
@@ -904,10 +910,7 @@ class _Delivery:
                 on_sent=self.recorder.add,
             )
         with self.report.timed("  claim"):
-            entries = self.store.entries_by_id(
-                eid for row in rows for s in row.spec["sections"] for eid, _, _ in s["entries"]
-            )
-            digests = [digest_from_row(row, entries) for row in rows]
+            digests = self._digests(rows)
         with self.report.timed("  inline"):
             self.renderer.prepare(digests)  # one premailer call for the pieces this batch brings
         for row, digest in zip(rows, digests, strict=True):
@@ -924,6 +927,17 @@ class _Delivery:
         # Record whatever already finished, so memory and leases stay bounded.
         self._record(self.dispatcher.results(timeout=0))
         return True
+
+    def _digests(self, rows: list[OutboxRow]) -> list[Digest]:
+        """The digests these rows hold: as planned by this run, else rebuilt from the outbox."""
+        stored = [row for row in rows if row.message_id not in self.planned]
+        specs = self.store.specs(row.id for row in stored) if stored else {}
+        wanted = {eid for spec in specs.values() for s in spec["sections"] for eid, _, _ in s["entries"]}
+        self.entries.update(self.store.entries_by_id(wanted - self.entries.keys()))
+        return [
+            self.planned.get(row.message_id) or digest_from_row(row, specs[row.id], self.entries)
+            for row in rows
+        ]
 
     def _record(self, attempts: list[Attempted]) -> None:
         # Sent rows were already recorded by the SentRecorder; here they are only reported.

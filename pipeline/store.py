@@ -248,7 +248,6 @@ class OutboxRow:
     next_attempt_at: datetime
     deliver_until: datetime
     last_error: str | None
-    spec: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -819,7 +818,9 @@ class Store:
                 .limit(limit)
             )
             orphans = select(deliveries_table.c.id, deliveries_table.c.claimed_by).where(
-                deliveries_table.c.state == SENDING, deliveries_table.c.lease_until >= now
+                deliveries_table.c.state == SENDING,
+                deliveries_table.c.lease_until >= now,
+                deliveries_table.c.claimed_by != owner,
             )
             if locking:  # SQLite serialises writers with BEGIN IMMEDIATE; PostgreSQL needs row locks
                 query = query.with_for_update(skip_locked=True)
@@ -840,7 +841,7 @@ class Store:
                 )
             )
             rows = conn.execute(
-                select(deliveries_table).where(deliveries_table.c.id.in_(ids)).order_by(deliveries_table.c.id)
+                select(*_ROW_COLUMNS).where(deliveries_table.c.id.in_(ids)).order_by(deliveries_table.c.id)
             )
             return [_outbox_row(row) for row in rows]
 
@@ -901,12 +902,27 @@ class Store:
         """Outbox rows in these states, oldest first."""
         with self._tx() as conn:
             rows = conn.execute(
-                select(deliveries_table)
+                select(*_ROW_COLUMNS)
                 .where(deliveries_table.c.state.in_(list(states)))
                 .order_by(deliveries_table.c.id)
                 .limit(limit)
             )
             return [_outbox_row(row) for row in rows]
+
+    def specs(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """What the outbox rows with these ids hold (sections, entries, scores, hits)."""
+        out: dict[int, dict[str, Any]] = {}
+        with self._tx() as conn:
+            for chunk in _chunks(sorted(set(ids)), 500):
+                rows = conn.execute(
+                    select(deliveries_table.c.id, deliveries_table.c.spec).where(
+                        deliveries_table.c.id.in_(chunk)
+                    )
+                )
+                out.update(
+                    (row.id, row.spec if isinstance(row.spec, dict) else json.loads(row.spec)) for row in rows
+                )
+        return out
 
     def delivery_counts(self) -> dict[str, int]:
         with self._tx() as conn:
@@ -931,19 +947,12 @@ def _serialise(conn: Connection, what: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:what))"), {"what": f"digest:{what}"})
 
 
+# An outbox row without its spec: most claims are of digests the sender planned itself.
+_ROW_COLUMNS = [deliveries_table.c[name] for name in OutboxRow.__dataclass_fields__]
+
+
 def _outbox_row(row: Any) -> OutboxRow:
-    return OutboxRow(
-        id=row.id,
-        subscriber=row.subscriber,
-        message_id=row.message_id,
-        created_at=row.created_at,
-        state=row.state,
-        attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at,
-        deliver_until=row.deliver_until,
-        last_error=row.last_error,
-        spec=row.spec if isinstance(row.spec, dict) else json.loads(row.spec),
-    )
+    return OutboxRow(**row._asdict())
 
 
 class _FeedBatch:
