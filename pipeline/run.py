@@ -449,7 +449,7 @@ def plan_digests(
     matches = match_topics(topics, index_entries(entries))
     # Only matched entries can be in a digest: what was taken of the others does not matter.
     matched = {m.entry.id for found in matches.values() for m in found}
-    taken = store.taken_entries([s.email for s in subscribers], matched)
+    taken = store.taken_entries([s.email for s in subscribers], matched, since=min(cutoffs.values()))
     return select_digests(settings, subscribers, matches, taken, cutoffs, now, keep_empty=keep_empty)
 
 

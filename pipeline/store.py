@@ -66,7 +66,7 @@ from .models import Entry, FeedItem
 
 # 1: the first release. 2: feed health (last_error_at, failing_since, alert, body_hash),
 # entry fingerprints and pruning (entries.fingerprint, entries.pruned_at), entry_sources.last_seen.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -172,6 +172,9 @@ deliveries_table = Table(
     Column("last_error", Text),
     Column("sent_at", UTCDateTime),
     Column("spec", JSON, nullable=False),
+    # Entries only counted in "and N more", as "id,id,...": taken too, but one row each would
+    # be most of the table (they are read back with ``taken_entries``).
+    Column("cut", Text),
     Index("ix_deliveries_due", "state", "next_attempt_at"),
 )
 
@@ -614,8 +617,14 @@ class Store:
                 row.email: SubscriberState(**row._asdict()) for row in conn.execute(select(subscribers_table))
             }
 
-    def taken_entries(self, emails: Iterable[str], entry_ids: Iterable[int]) -> dict[str, set[int]]:
-        """For each subscriber, which of these entries already went (or are going) to them."""
+    def taken_entries(
+        self, emails: Iterable[str], entry_ids: Iterable[int], *, since: datetime | None = None
+    ) -> dict[str, set[int]]:
+        """For each subscriber, which of these entries already went (or are going) to them.
+
+        That is the entries their digests showed, and those their digests created at or after
+        ``since`` only counted in "and N more" (older ones cannot be offered again anyway).
+        """
         emails = list(emails)
         ids = list(entry_ids)
         out: dict[str, set[int]] = {email: set() for email in emails}
@@ -646,6 +655,18 @@ class Store:
                         found.update(map(int, taken.split(",")))
                     else:
                         found.add(taken)
+            cut = select(deliveries_table.c.subscriber, deliveries_table.c.cut).where(
+                deliveries_table.c.cut.is_not(None)
+            )
+            if since is not None:
+                cut = cut.where(deliveries_table.c.created_at >= since)
+            if few:
+                cut = cut.where(deliveries_table.c.subscriber.in_(emails))
+            wanted = set(ids)
+            for subscriber, listed in conn.execute(cut):
+                found = out.get(subscriber)
+                if found is not None:
+                    found.update(wanted.intersection(map(int, listed.split(","))))
         return out
 
     def mark_checked(self, emails: Iterable[str], now: datetime) -> None:
@@ -743,16 +764,16 @@ class Store:
                         "next_attempt_at": d.created_at,
                         "deliver_until": d.deliver_until,
                         "spec": d.spec,
+                        "cut": ",".join(map(str, d.hidden)) or None,
                     }
                     for d in todo
                 ],
             )
             delivery_ids = list(inserted.scalars())
             rows = [
-                (d.subscriber, eid, did, shown)
+                (d.subscriber, eid, did, True)
                 for d, did in zip(todo, delivery_ids, strict=True)
-                for ids_, shown in ((d.shown, True), (d.hidden, False))
-                for eid in ids_
+                for eid in d.shown
             ]
             if rows:
                 # Plain tuples straight to the driver: SQLAlchemy's per-row parameter processing
@@ -773,7 +794,7 @@ class Store:
                 counts.update((row[0], row[1]) for row in found)
             accepted, lost = [], []
             for d, did in zip(todo, delivery_ids, strict=True):
-                if counts.get(did, 0) == len(d.shown) + len(d.hidden):
+                if counts.get(did, 0) == len(d.shown):
                     accepted.append(d)
                 else:
                     lost.append(did)
@@ -1187,6 +1208,8 @@ def _upgrade(conn: Connection, version: int) -> None:
                 .where(entries_table.c.id == row.id)
                 .values(fingerprint=_fingerprint_of(row.title, row.summary_html))
             )
+    if version < 3:
+        conn.exec_driver_sql("ALTER TABLE deliveries ADD COLUMN cut TEXT")
     conn.execute(update(meta_table).where(meta_table.c.key == "schema").values(value=str(SCHEMA_VERSION)))
 
 

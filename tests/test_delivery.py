@@ -385,7 +385,7 @@ def test_fault_run_loses_nothing_and_doubles_only_the_rfc1047_window(
 ) -> None:
     """300 digests (DIGEST_FAULT_RUN=1000 for the full run), a fault for every fifth, 3 connections."""
     handler = smtp_server.handler
-    handler.stall = 0.6
+    handler.stall = 1.5
     n = int(os.environ.get("DIGEST_FAULT_RUN", "300"))
     kinds: list[tuple[str, list[Any]]] = [
         ("retried", ["451 4.3.0 later", None]),
@@ -408,7 +408,7 @@ def test_fault_run_loses_nothing_and_doubles_only_the_rfc1047_window(
             expected[address] = kind
         else:
             expected[address] = "clean"
-    config = many(tmp_path, n, smtp_section(smtp_server, timeout="0.3s", connections=3))
+    config = many(tmp_path, n, smtp_section(smtp_server, timeout="1s", connections=3))
     settings = load_settings(config)
     with Store(settings.digest.database_url) as store:
         report = run.send(settings, store)
