@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -296,6 +297,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         try:
+            self._turn = threading.RLock()
             self.engine = _engine(url)
             with self.engine.begin() as conn:
                 _serialise(conn, "schema")  # two processes starting on a new database
@@ -328,8 +330,10 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
+        # Threads of this process take turns here: waiting in SQLite's busy handler instead
+        # costs sleeps of up to 50 ms each (the sent-recorder and the claimer meet constantly).
         try:
-            with self.engine.begin() as conn:
+            with self._turn, self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
             raise StoreError(f"state database error: {exc.__class__.__name__}: {exc}") from exc
