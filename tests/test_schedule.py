@@ -194,7 +194,9 @@ def run_config(
     config.write_text(
         '[digest]\ntitle = "T"\nlookback = "3650d"\n\n'
         f'[[feeds]]\nname = "live"\nurl = "{feeds.url("live.xml")}"\nevery = "1s"\n\n'
-        '[topics.snn]\nkeywords = ["SNN"]\n\n' + subs + smtp_section(smtp)
+        '[topics.snn]\nkeywords = ["SNN"]\n\n'
+        + subs
+        + smtp_section(smtp, timeout="30s")  # slow test machines must not cause retries
     )
     return config
 
