@@ -57,7 +57,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
@@ -959,7 +958,11 @@ class Store:
 
 def _dialect_insert(conn: Connection, table: Table) -> Any:
     """An INSERT that knows ON CONFLICT, for the connection's database."""
-    return (postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert  # 70 ms: only if used
+
+        return postgresql_insert(table)
+    return sqlite_insert(table)
 
 
 def _serialise(conn: Connection, what: str) -> None:
