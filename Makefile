@@ -31,6 +31,7 @@ demo: $(VENV)/.base
 
 bench: $(VENV)/.base
 	$(BIN)/python bench/bench_send.py
+	$(BIN)/python bench/bench_match.py
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check pipeline tests bench docs

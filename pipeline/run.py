@@ -55,6 +55,7 @@ LEASE = timedelta(minutes=10)
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
 CLAIM_BATCH = 100
+ENQUEUE_BATCH = 500
 INTERRUPTED = "interrupted before sending"
 
 Clock = Callable[[], datetime]
@@ -809,7 +810,10 @@ def send(
             )
         return report
     with report.timed("enqueue"):
-        store.enqueue([_delivery(settings, d) for d in digests])
+        # A transaction per few hundred digests: each is still committed before it is sent, and
+        # a large run never holds every digest's stored form at once.
+        for start in range(0, len(digests), ENQUEUE_BATCH):
+            store.enqueue([_delivery(settings, d) for d in digests[start : start + ENQUEUE_BATCH]])
         store.mark_checked([s.email for s in chosen], now)
     with report.timed("deliver"):
         planned = {d.message_id: d for d in digests}

@@ -674,9 +674,17 @@ class Store:
 
     def mark_checked(self, emails: Iterable[str], now: datetime) -> None:
         """Remember that a real send considered these subscribers (it bounds their next lookback)."""
+        rows = [{"email": email, "last_checked_at": now} for email in emails]
+        if not rows:
+            return
         with self._tx() as conn:
-            for email in emails:
-                self._upsert_subscriber(conn, email, last_checked_at=now)
+            statement = _dialect_insert(conn, subscribers_table)
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["email"], set_={"last_checked_at": statement.excluded.last_checked_at}
+                ),
+                rows,
+            )
 
     def mark_scheduled(self, email: str, fire_time: datetime) -> None:
         """Remember the last scheduled time served for a subscriber."""
