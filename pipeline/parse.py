@@ -136,10 +136,7 @@ class ParserProcess:
         deadline = time.monotonic() + time_limit
         request = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            process = self._running()
-            assert process.stdin is not None
-            process.stdin.write(len(request).to_bytes(8, "big") + request)
-            process.stdin.flush()
+            self._write(len(request).to_bytes(8, "big") + request, deadline)
             size = int.from_bytes(self._read(8, deadline), "big")
             outcome = pickle.loads(self._read(size, deadline))
         except TimeoutError:
@@ -165,7 +162,24 @@ class ParserProcess:
                 bufsize=0,
                 env={**os.environ, "PYTHONPATH": path},
             )
+            assert self.process.stdin is not None
+            os.set_blocking(self.process.stdin.fileno(), False)
         return self.process
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        # A single write to a pipe can be cut short (by a signal, or a full pipe buffer): loop,
+        # and never block past the deadline on a helper that stopped reading.
+        process = self._running()
+        assert process.stdin is not None
+        fd, view = process.stdin.fileno(), memoryview(data)
+        while view:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([], [fd], [], wait)[1]:
+                raise TimeoutError
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                continue
 
     def _read(self, size: int, deadline: float) -> bytes:
         assert self.process is not None and self.process.stdout is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 import unicodedata
 from datetime import UTC, datetime
@@ -375,3 +376,26 @@ def test_a_pathological_feed_is_stopped_at_the_time_limit() -> None:
     assert time.monotonic() - started < 2.0
     # The worker machinery is still usable afterwards.
     assert parse_feed_bounded(FetchResult("ok", "u", 200, _evil_feed(10)), time_limit=10).items
+
+
+def test_signals_during_a_large_request_do_not_cut_it_short() -> None:
+    # A write to a pipe returns early when a signal arrives mid-way (py-spy's sampling, SIGHUP
+    # in `digest run`); the whole request must still reach the helper, well before the limit.
+    items = "".join(
+        f"<item><title>paper {i}</title><link>https://e.example/{i}</link>"
+        f"<description>{'word ' * 400}</description></item>"
+        for i in range(2000)
+    )
+    feed = f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel></rss>'
+    result = FetchResult("big", "https://e.example/", 200, feed.encode())
+    ticks = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: ticks.append(1))
+    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+    try:
+        started = time.monotonic()
+        parsed = parse_feed_bounded(result, time_limit=30)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(parsed.items) == 2000
+    assert ticks and time.monotonic() - started < 25
