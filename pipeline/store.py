@@ -200,6 +200,7 @@ leases_table = Table(
 )
 
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
+ALERT_SENT, ALERT_RECOVERED = "sent", "recovered"
 
 # Built once: the sent-recorder runs it after nearly every message, and building the statement
 # each time cost as much as running it.
@@ -208,7 +209,6 @@ _MARK_SENT = (
     .where(deliveries_table.c.id.in_(bindparam("ids", expanding=True)))
     .values(state=SENT, sent_at=bindparam("now"), lease_until=None, last_error=None)
 )
-ALERT_SENT, ALERT_RECOVERED = "sent", "recovered"
 
 
 @dataclass(frozen=True, slots=True)
