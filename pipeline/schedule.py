@@ -376,6 +376,9 @@ class Scheduler:
             log.warning("stopped with a job still running; its digests will be retried")
             logging.shutdown()
             os._exit(0)
+        # Jobs still queued in the executor run even after the shutdown (and the interpreter's
+        # exit waits for them): each must get the lock, see the stop, and return.
+        self.busy.release()
         self.store.close()
         log.info("stopped")
         return 0

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from test_send import titles
 
 from pipeline.config import load_settings, parse_schedule
-from pipeline.schedule import last_fire, next_fire, trigger_for
+from pipeline.schedule import Scheduler, last_fire, next_fire, trigger_for
 from pipeline.store import Store
 
 LONDON = ZoneInfo("Europe/London")
@@ -305,6 +306,31 @@ def test_a_second_run_is_refused_and_a_send_during_run_doubles_nothing(
         got = Counter(t for digest in received(smtp_server, email) for t in digest)
         assert got == Counter({f"SNN paper {i}": 1 for i in range(5)}), email
     assert daemon.stop() < 10 and daemon.process.returncode == 0
+
+
+def test_jobs_still_queued_at_the_stop_return_at_once(
+    tmp_path: Path, feed_server: FeedServer, smtp_server: SmtpServer
+) -> None:
+    # A SIGTERM while jobs wait in the executor's queue (one worker, many subscribers due): they
+    # still run after the shutdown, and the interpreter's exit waits for them, so each must
+    # return at once (they used to wait forever for the lock the shutdown kept).
+    write_feed(feed_server, ["SNN one"])
+    config = run_config(tmp_path, feed_server, smtp_server, [("ada@example.org", "every 2s")])
+    scheduler = Scheduler(str(config))
+    scheduler.aps.start()
+    scheduler.stop.set()
+    assert scheduler._shutdown() == 0
+    queued = [
+        threading.Thread(target=scheduler.serve, args=("ada@example.org",), daemon=True),
+        threading.Thread(target=scheduler.fetch_feed, args=("live",), daemon=True),
+        threading.Thread(target=scheduler.deliver_outbox, daemon=True),
+    ]
+    for job in queued:
+        job.start()
+    for job in queued:
+        job.join(5)
+    assert not any(job.is_alive() for job in queued)
+    assert smtp_server.handler.messages == []
 
 
 def test_sighup_adds_a_subscriber_and_a_broken_config_keeps_the_old_one(
