@@ -252,6 +252,7 @@ def config(
     subscribers: int,
     smtp_port: int | None,
     connections: int = 1,
+    render_workers: int | None = None,
     seed: int = 11,
 ) -> Path:
     """Write digest.toml for the benchmark: 20 topics, each subscriber on 3 of them."""
@@ -274,7 +275,9 @@ def config(
     path = folder / "digest.toml"
     path.write_text(
         '[digest]\ntitle = "Bench Digest"\ndatabase = "state/digest.db"\nlookback = "3650d"\n'
-        'max_entries = 20\n\n[fetch]\ntimeout = "60s"\n\n'
+        "max_entries = 20\n"
+        + (f"render_workers = {render_workers}\n" if render_workers is not None else "")
+        + '\n[fetch]\ntimeout = "60s"\n\n'
         f'[[feeds]]\nname = "arxiv"\nurl = "{feed_url}"\n\n{topics}{people}{smtp}'
     )
     return path

@@ -7,6 +7,8 @@ command line is wrong; 3 deliveries were left pending for a later retry.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import signal
 import sys
@@ -35,6 +37,10 @@ from .store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
 LIST_LIMIT = 20  # beyond this many digests, `send` lists only the ones that were not sent
+
+# Python's last garbage collection at exit walks every object a command made (0.4 s after a
+# send of 2,000 digests), though all of them go with the process anyway.
+atexit.register(gc.freeze)
 
 # Piped output never wraps table cells, so each feed and subscriber stays on one greppable line.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 1000)

@@ -37,16 +37,15 @@ import pickle
 import re
 import select
 import subprocess
-import sys
 import time
 import unicodedata
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
 import feedparser
 
+from . import helper
 from .errors import ParseError
 from .models import FeedItem, FetchResult, ParsedFeed
 from .text import clean_text, has_control, html_to_text
@@ -120,10 +119,9 @@ def parse_feed_bounded(result: FetchResult, *, time_limit: float) -> ParsedFeed:
 class ParserProcess:
     """A helper interpreter (``python -m pipeline.parse``) that parses feeds for this process.
 
-    It imports only this module (about 0.3 s, once) and then parses one feed after another,
-    exchanging pickles over its stdin and stdout. A parse that runs past its time limit is
-    stopped by killing the helper; the next parse starts a new one. (multiprocessing would
-    make every worker import the parent's ``__main__``: the whole CLI, over a second each.)
+    It imports only this module (about 0.3 s, once) and then parses one feed after another
+    (see :mod:`pipeline.helper`). A parse that runs past its time limit is stopped by killing
+    the helper; the next parse starts a new one.
     """
 
     def __init__(self) -> None:
@@ -134,9 +132,8 @@ class ParserProcess:
         if result.content is None:
             return ParsedFeed(result.feed, ())
         deadline = time.monotonic() + time_limit
-        request = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self._write(len(request).to_bytes(8, "big") + request, deadline)
+            self._write(helper.frame(result), deadline)
             size = int.from_bytes(self._read(8, deadline), "big")
             outcome = pickle.loads(self._read(size, deadline))
         except TimeoutError:
@@ -153,15 +150,7 @@ class ParserProcess:
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self.process is None or self.process.poll() is not None:
-            package_parent = str(Path(__file__).resolve().parent.parent)
-            path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.parse"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                bufsize=0,
-                env={**os.environ, "PYTHONPATH": path},
-            )
+            self.process = helper.start("pipeline.parse")
             assert self.process.stdin is not None
             os.set_blocking(self.process.stdin.fileno(), False)
         return self.process
@@ -216,20 +205,14 @@ class ParserProcess:
         self.close()
 
 
-def _serve() -> None:
-    """The helper's loop: read a pickled FetchResult, answer with a ParsedFeed or a ParseError."""
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    while header := requests.read(8):
-        result = pickle.loads(requests.read(int.from_bytes(header, "big")))
-        try:
-            outcome: ParsedFeed | ParseError = parse_feed(result)
-        except ParseError as exc:
-            outcome = exc
-        except Exception as exc:  # feedparser failing in a new way is still this feed's problem only
-            outcome = ParseError(f"the parser failed: {type(exc).__name__}: {exc}")
-        data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-        replies.write(len(data).to_bytes(8, "big") + data)
-        replies.flush()
+def _answer(result: FetchResult) -> ParsedFeed | ParseError:
+    """The helper's side: a ParsedFeed, or the ParseError that says why not."""
+    try:
+        return parse_feed(result)
+    except ParseError as exc:
+        return exc
+    except Exception as exc:  # feedparser failing in a new way is still this feed's problem only
+        return ParseError(f"the parser failed: {type(exc).__name__}: {exc}")
 
 
 def _bozo_reason(exc: object) -> str:
@@ -377,4 +360,4 @@ def _date(parsed: time.struct_time | None) -> datetime | None:
 
 
 if __name__ == "__main__":
-    _serve()
+    helper.serve(_answer)

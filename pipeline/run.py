@@ -19,22 +19,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from .alert import feed_alert
-from .compose import compose_message, message_id, sender_address
+from .compose import message_id
 from .config import Settings, SubscriberConfig, key_line
 from .deliver import Attempted, Dispatcher, Transport, transport_factory
 from .errors import DeliveryError, DigestError, FetchError, MatchError, ParseError, RenderError, StoreError
 from .fetch import FetchRequest, Network, fetch_feeds, next_attempt_delay
 from .match import Explanation, compile_topics, explain, index_entries, index_entry, match_topics
-from .models import Digest, Entry, FetchResult, Match, OutgoingMessage, ParsedFeed, RenderedDigest, Section
+from .models import Digest, Entry, FetchResult, Match, ParsedFeed, RenderedDigest, Section
 from .parse import ParserProcess, arxiv_id, canonical_link
-from .render import Renderer, unsubscribe_url
+from .render import Renderer
 from .store import (
     ALERT_RECOVERED,
     ALERT_SENT,
@@ -48,6 +48,7 @@ from .store import (
     owner_id,
     utcnow,
 )
+from .workers import Rendering, worker_count
 
 log = logging.getLogger("digest")
 
@@ -475,6 +476,20 @@ def select_digests(
 
 
 @contextmanager
+def _collector_settled() -> Iterator[None]:
+    """Keep the garbage collector's full passes off what exists now, until the block ends.
+
+    A send's settings, entries and digests live until it ends; without this every full
+    collection walks them again (0.4 s of a 2,000-digest send).
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@contextmanager
 def _collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while planning allocates its records.
 
@@ -790,34 +805,48 @@ def send(
     """
     chosen = select_subscribers(settings, subscribers)
     report = SendReport(dry_run=dry_run)
-    if fetch:
-        with report.timed("fetch"):
-            report.feeds = fetch_all(settings, store, clock=clock, alerts=not dry_run)
-    now = clock()
-    with report.timed("plan"):
-        digests = plan_digests(settings, store, chosen, now)
-    with_digest = {d.subscriber for d in digests}
-    report.nothing_new = [s.email for s in chosen if s.email not in with_digest]
-    for email in report.nothing_new:
-        log.info("digest to=%s skipped=nothing-new", email)
-    if dry_run:
-        renderer = Renderer(settings)
-        renderer.prepare(digests)
-        for digest in digests:
-            rendered = renderer.render(digest)
-            report.outcomes.append(
-                Outcome(digest.subscriber, digest.entry_count, "planned", subject=rendered.subject)
-            )
-        return report
-    with report.timed("enqueue"):
-        # A transaction per few hundred digests: each is still committed before it is sent, and
-        # a large run never holds every digest's stored form at once.
-        for start in range(0, len(digests), ENQUEUE_BATCH):
-            store.enqueue([_delivery(settings, d) for d in digests[start : start + ENQUEUE_BATCH]])
-        store.mark_checked([s.email for s in chosen], now)
-    with report.timed("deliver"):
-        planned = {d.message_id: d for d in digests}
-        deliver_due(settings, store, report, clock=clock, progress=progress, stop=stop, planned=planned)
+    # Render helpers start first, so that their imports overlap the fetch.
+    with closing(Rendering(settings, 0 if dry_run else worker_count(settings, len(chosen)))) as rendering:
+        if fetch:
+            with report.timed("fetch"):
+                report.feeds = fetch_all(settings, store, clock=clock, alerts=not dry_run)
+        now = clock()
+        with report.timed("plan"):
+            digests = plan_digests(settings, store, chosen, now)
+        with_digest = {d.subscriber for d in digests}
+        report.nothing_new = [s.email for s in chosen if s.email not in with_digest]
+        for email in report.nothing_new:
+            log.info("digest to=%s skipped=nothing-new", email)
+        if dry_run:
+            renderer = Renderer(settings)
+            renderer.prepare(digests)
+            for digest in digests:
+                rendered = renderer.render(digest)
+                report.outcomes.append(
+                    Outcome(digest.subscriber, digest.entry_count, "planned", subject=rendered.subject)
+                )
+            return report
+
+        rendering.plan(digests)  # the helpers render while the outbox is written
+        with _collector_settled():
+            with report.timed("enqueue"):
+                # A transaction per few hundred digests: each is still committed before it is sent,
+                # and a large run never holds every digest's stored form at once.
+                for start in range(0, len(digests), ENQUEUE_BATCH):
+                    store.enqueue([_delivery(settings, d) for d in digests[start : start + ENQUEUE_BATCH]])
+                store.mark_checked([s.email for s in chosen], now)
+            with report.timed("deliver"):
+                planned = {d.message_id: d for d in digests}
+                deliver_due(
+                    settings,
+                    store,
+                    report,
+                    clock=clock,
+                    progress=progress,
+                    stop=stop,
+                    planned=planned,
+                    rendering=rendering,
+                )
     log.info("timings %s", " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()))
     return report
 
@@ -831,6 +860,7 @@ def deliver_due(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     planned: Mapping[str, Digest] | None = None,
+    rendering: Rendering | None = None,
 ) -> SendReport:
     """Deliver every due outbox row: claim, render, compose, send, record each outcome.
 
@@ -840,12 +870,21 @@ def deliver_due(
     until ``give_up_after``; a permanent one marks it failed. When ``stop`` is set, the
     messages in flight finish and every other claimed digest goes back to the outbox, due now.
     ``planned`` are digests this process just put in the outbox (by Message-ID): those are not
-    rebuilt from their stored form.
+    rebuilt from their stored form. ``rendering`` renders them (by default: here).
     """
     report = report if report is not None else SendReport()
     if progress:
         progress.start(store.count_due(clock()))
-    delivery = _Delivery(settings, store, report, clock, progress, stop or threading.Event(), planned or {})
+    delivery = _Delivery(
+        settings,
+        store,
+        report,
+        clock,
+        progress,
+        stop or threading.Event(),
+        planned or {},
+        rendering or Rendering(settings),
+    )
     try:
         delivery.run()
     finally:
@@ -867,13 +906,13 @@ class _Delivery:
         progress: Progress | None,
         stop: threading.Event,
         planned: Mapping[str, Digest],
+        rendering: Rendering,
     ) -> None:
         self.settings, self.store, self.report, self.clock = settings, store, report, clock
-        self.progress, self.stop, self.planned = progress, stop, planned
+        self.progress, self.stop, self.planned, self.rendering = progress, stop, planned, rendering
         self.entries: dict[int, Entry] = {}  # loaded for digests rebuilt from the outbox
         self.owner = owner_id()
         self.held: dict[int, tuple[OutboxRow, int]] = {}  # row id -> (row, entries in it)
-        self.renderer: Renderer | None = None
         self.dispatcher: Dispatcher | None = None
         self.recorder: SentRecorder | None = None
         self.lease_renewed = time.monotonic()
@@ -901,8 +940,6 @@ class _Delivery:
             rows = self.store.claim(self.clock(), lease=LEASE, owner=self.owner, limit=CLAIM_BATCH)
         if not rows:
             return False
-        if self.renderer is None:
-            self.renderer = Renderer(self.settings)
         if self.dispatcher is None:
             smtp = self.settings.smtp
             self.recorder = SentRecorder(self.store, self.clock)
@@ -915,16 +952,13 @@ class _Delivery:
             )
         with self.report.timed("  claim"):
             digests = self._digests(rows)
-        with self.report.timed("  inline"):
-            self.renderer.prepare(digests)  # one premailer call for the pieces this batch brings
-        for row, digest in zip(rows, digests, strict=True):
-            try:
-                with self.report.timed("  render+compose"):
-                    message = _message(self.settings, self.renderer, digest)
-            except RenderError as exc:
-                self.store.mark_failed(row.id, str(exc))
-                log.error("digest to=%s failed=%r", row.subscriber, str(exc))
-                self._report(Outcome(row.subscriber, digest.entry_count, "failed", str(exc)))
+        with self.report.timed("  render"):
+            messages = self.rendering.messages(digests)
+        for row, digest, message in zip(rows, digests, messages, strict=True):
+            if isinstance(message, RenderError):
+                self.store.mark_failed(row.id, str(message))
+                log.error("digest to=%s failed=%r", row.subscriber, str(message))
+                self._report(Outcome(row.subscriber, digest.entry_count, "failed", str(message)))
                 continue
             self.held[row.id] = (row, digest.entry_count)
             self.dispatcher.submit(row.id, message)
@@ -1028,40 +1062,10 @@ class SentRecorder:
         self.thread.join()
 
 
-def _message(settings: Settings, renderer: Renderer, digest: Digest) -> OutgoingMessage:
-    rendered = renderer.render(digest)
-    return compose_message(
-        digest,
-        rendered,
-        sender=settings.sender,
-        list_id=list_id(settings),
-        unsubscribe=_unsubscribe_links(settings, digest.subscriber),
-        one_click=bool(settings.digest.base_url),
-    )
-
-
 def _next_attempt(row: OutboxRow, now: datetime) -> datetime:
     """Exponential backoff: 1 min, doubling, at most 1 h, never past ``deliver_until``."""
     delay: timedelta = min(FIRST_RETRY * 2 ** max(0, row.attempts - 1), MAX_RETRY)
     return min(now + delay, row.deliver_until)
-
-
-def list_id(settings: Settings) -> str:
-    domain = sender_address(settings.sender).rpartition("@")[2] or "localhost"
-    slug = "".join(c if c.isalnum() else "-" for c in settings.digest.title.lower()).strip("-") or "digest"
-    return f"{settings.digest.title} <{slug}.{domain}>"
-
-
-def _unsubscribe_links(settings: Settings, email: str) -> list[str]:
-    links = []
-    if settings.digest.base_url:
-        links.append(unsubscribe_url(settings, email))
-    address = sender_address(settings.sender)
-    links.append(f"mailto:{address}?subject=unsubscribe")
-    return links
-
-
-# --- match: tune topics without sending ---------------------------------------------------------
 
 
 def select_topics(settings: Settings, names: Sequence[str] = (), subscriber: str | None = None) -> list[str]:

@@ -1,0 +1,345 @@
+"""Digests -> messages (render, then compose), in helper processes when a send is large.
+
+Rendering and composing cost ~1.5-2 ms of CPU an email, most of a large send, and one Python
+process uses one core. :class:`Rendering` hands batches of digests to helper interpreters
+(``python -m pipeline.workers``, see :mod:`pipeline.helper`). ``send`` starts them first thing,
+so that their imports overlap the fetch, and gives them the digests as soon as they are
+planned, so that they render while this process writes the outbox and talks SMTP.
+
+Nothing depends on a helper: if one dies or cannot start, its batches are rendered here (with
+a warning). A helper runs the same code on the same settings, so where an email was rendered
+never shows in the email.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import pickle
+import queue
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from . import helper
+from .compose import compose_message, sender_address
+from .config import Settings
+from .errors import RenderError
+from .models import Digest, OutgoingMessage
+from .render import Renderer, unsubscribe_url
+
+log = logging.getLogger("digest")
+
+BATCH = 50  # digests per request: small enough that the first messages come back quickly
+AHEAD = 4 * BATCH  # per helper, rendered before they are asked for (~70 KB each, held here)
+MIN_DIGESTS = 300  # below this a helper's start (~0.6 s of CPU) costs more than it saves
+MAX_WORKERS = 4
+
+Result = OutgoingMessage | RenderError
+
+
+def build_message(settings: Settings, renderer: Renderer, digest: Digest) -> OutgoingMessage:
+    """Render one digest and compose its email (raises RenderError)."""
+    rendered = renderer.render(digest)
+    return compose_message(
+        digest,
+        rendered,
+        sender=settings.sender,
+        list_id=list_id(settings),
+        unsubscribe=unsubscribe_links(settings, digest.subscriber),
+        one_click=bool(settings.digest.base_url),
+    )
+
+
+def list_id(settings: Settings) -> str:
+    domain = sender_address(settings.sender).rpartition("@")[2] or "localhost"
+    slug = "".join(c if c.isalnum() else "-" for c in settings.digest.title.lower()).strip("-") or "digest"
+    return f"{settings.digest.title} <{slug}.{domain}>"
+
+
+def unsubscribe_links(settings: Settings, email: str) -> list[str]:
+    links = []
+    if settings.digest.base_url:
+        links.append(unsubscribe_url(settings, email))
+    address = sender_address(settings.sender)
+    links.append(f"mailto:{address}?subject=unsubscribe")
+    return links
+
+
+def worker_count(settings: Settings, digests: int) -> int:
+    """How many render helpers a send of about ``digests`` digests should start."""
+    wanted = settings.digest.render_workers
+    if wanted is not None:
+        return wanted
+    if digests < MIN_DIGESTS:
+        return 0
+    return max(0, min(MAX_WORKERS, len(os.sched_getaffinity(0)) - 1))  # the cores left over
+
+
+class HelperDied(Exception):
+    """A render helper stopped answering; its work is done here instead."""
+
+
+class Rendering:
+    """Turns digests into messages for one run: here, or in helpers, ahead of need.
+
+    ``plan(digests)`` says which digests will be asked for, in that order: the helpers render
+    them ahead, at most ``AHEAD`` messages per helper beyond what was asked for (memory stays
+    bounded however large the send). ``messages(digests)`` returns them, in order, each
+    an OutgoingMessage or the RenderError that stopped it.
+    """
+
+    def __init__(self, settings: Settings, workers: int = 0) -> None:
+        self.settings = settings
+        self.renderer: Renderer | None = None  # for rendering here, made when first needed
+        self.workers: list[_Worker] = []
+        for _ in range(workers):
+            try:
+                self.workers.append(_Worker(settings))
+            except OSError as exc:
+                log.warning("render helper could not start (%s): rendering here", exc)
+                break
+        self.ahead: deque[Digest] = deque()  # planned, not yet given to a helper
+        self.ahead_ids: set[str] = set()
+        self.given: dict[str, tuple[Future[Any], int]] = {}  # message id -> (reply, index in it)
+        self.limit = AHEAD * max(1, len(self.workers))
+        self.said: set[str] = set()  # warnings already logged (each helper would repeat them)
+
+    def plan(self, digests: Iterable[Digest]) -> None:
+        if not self._live():
+            return
+        for digest in digests:
+            self.ahead.append(digest)
+            self.ahead_ids.add(digest.message_id)
+        self._top_up()
+
+    def messages(self, digests: Sequence[Digest]) -> list[Result]:
+        others = []
+        for digest in digests:
+            if digest.message_id in self.ahead_ids:
+                self._give_until(digest.message_id)
+            elif digest.message_id not in self.given:
+                others.append(digest)
+        if others and self._live():
+            self._give(others)
+        results: list[Result | None] = []
+        for digest in digests:
+            reply = self.given.pop(digest.message_id, None)
+            results.append(self._result(*reply) if reply is not None else None)
+        here = [d for d, r in zip(digests, results, strict=True) if r is None]
+        if here:
+            done = iter(self._render_here(here))
+            results = [r if r is not None else next(done) for r in results]
+        self._top_up()
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+        self.workers.clear()
+        self.given.clear()
+
+    # --- giving work to helpers -------------------------------------------------------------------
+
+    def _live(self) -> list[_Worker]:
+        return [w for w in self.workers if w.dead is None]
+
+    def _top_up(self) -> None:
+        while self.ahead and len(self.given) < self.limit and self._live():
+            self._give_next()
+
+    def _give_until(self, message_id: str) -> None:
+        while message_id in self.ahead_ids and self._live():
+            self._give_next()
+        if message_id in self.ahead_ids:  # no helper left
+            self.ahead_ids.discard(message_id)
+
+    def _give_next(self) -> None:
+        batch: list[Digest] = []
+        while self.ahead and len(batch) < BATCH:
+            digest = self.ahead.popleft()
+            if digest.message_id in self.ahead_ids:
+                self.ahead_ids.discard(digest.message_id)
+                batch.append(digest)
+        if batch:
+            self._give(batch)
+
+    def _give(self, batch: list[Digest]) -> None:
+        worker = min(self._live(), key=lambda w: len(w.waiting))
+        reply = worker.request(batch)
+        for index, digest in enumerate(batch):
+            self.given[digest.message_id] = (reply, index)
+
+    def _result(self, reply: Future[Any], index: int) -> Result | None:
+        try:
+            results, warnings = reply.result()
+        except HelperDied:  # (the helper said why when it died)
+            return None
+        for name, level, message in warnings:
+            self._say(name, level, message)
+        value = results[index]
+        return RenderError(value) if isinstance(value, str) else value
+
+    def _say(self, logger: str, level: int, message: str) -> None:
+        if message not in self.said:
+            self.said.add(message)
+            logging.getLogger(logger).log(level, "%s", message)
+
+    # --- rendering here ---------------------------------------------------------------------------
+
+    def _render_here(self, digests: list[Digest]) -> list[Result]:
+        if self.renderer is None:
+            self.renderer = Renderer(self.settings)
+        return _render_batch(self.settings, self.renderer, digests)
+
+
+def _render_batch(settings: Settings, renderer: Renderer, digests: list[Digest]) -> list[Result]:
+    renderer.prepare(digests)  # one premailer call for the pieces this batch brings
+    results: list[Result] = []
+    for digest in digests:
+        try:
+            results.append(build_message(settings, renderer, digest))
+        except RenderError as exc:
+            results.append(exc)
+    return results
+
+
+class _Worker:
+    """One helper: requests go out through a writer thread, replies come back in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.process = helper.start("pipeline.workers")
+        self.outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.outgoing.put(helper.frame(settings))  # answered with None, or why it cannot render
+        self.waiting: deque[Future[Any]] = deque()
+        self.lock = threading.Lock()
+        self.dead: str | None = None  # why it no longer takes work
+        self.closing = False
+        self.threads = [
+            threading.Thread(target=self._write, name="render-writer", daemon=True),
+            threading.Thread(target=self._read, name="render-reader", daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def request(self, value: object) -> Future[Any]:
+        reply: Future[Any] = Future()
+        with self.lock:
+            if self.dead is not None:
+                reply.set_exception(HelperDied(self.dead))
+                return reply
+            self.waiting.append(reply)
+        self.outgoing.put(helper.frame(value))
+        return reply
+
+    def close(self) -> None:
+        self.closing = True
+        self.outgoing.put(None)  # the helper finishes its batch, reads the end of its stdin, exits
+        try:
+            self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:  # a huge batch: it only ever renders, so just stop it
+            self.process.kill()
+            self.process.wait()
+        for thread in self.threads:
+            thread.join()
+
+    def _write(self) -> None:
+        assert self.process.stdin is not None
+        pipe = self.process.stdin
+        while (data := self.outgoing.get()) is not None:
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[pipe.write(view) or 0 :]
+            except OSError:
+                break  # the helper is gone: the reader sees it and says why
+        pipe.close()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        pipe = self.process.stdout
+        try:
+            started = _read_reply(pipe)
+            if started is not None:
+                self._fail(f"it cannot render: {started}")
+                self.process.kill()
+            while True:
+                reply = _read_reply(pipe)
+                with self.lock:
+                    waiting = self.waiting.popleft()
+                waiting.set_result(reply)
+        except EOFError:
+            pass
+        except Exception as exc:  # a torn or unreadable reply: the helper is not to be trusted
+            self.process.kill()
+            self._fail(f"bad reply: {exc!r}")
+        self._fail(f"exit code {self.process.wait()}")
+
+    def _fail(self, reason: str) -> None:
+        with self.lock:
+            first, self.dead = self.dead is None, self.dead or reason
+            waiting, self.waiting = self.waiting, deque()
+        if first and not self.closing:
+            log.warning("render helper stopped (%s): rendering its digests here", reason)
+        for reply in waiting:
+            reply.set_exception(HelperDied(self.dead))
+
+
+def _read_reply(pipe: Any) -> Any:
+    """One framed pickle from ``pipe``; EOFError at its end."""
+    header = _read_exactly(pipe, 8)
+    return pickle.loads(_read_exactly(pipe, int.from_bytes(header, "big")))
+
+
+def _read_exactly(pipe: Any, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = pipe.read(min(size, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+# --- the helper's side --------------------------------------------------------------------------
+
+
+class _Server:
+    """The helper: answers the settings with None (or why it cannot render with them), then
+    each batch of digests with ``(results, logged)``: per digest a message or an error text,
+    and the warnings rendering logged."""
+
+    def __init__(self) -> None:
+        self.settings: Settings | None = None
+        self.renderer: Renderer | None = None
+        self.logged: list[tuple[str, int, str]] = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = lambda record: self.logged.append(  # type: ignore[method-assign]
+            (record.name, record.levelno, record.getMessage())
+        )
+        logging.getLogger().addHandler(handler)
+
+    def __call__(self, request: Any) -> object:
+        if isinstance(request, Settings):
+            try:
+                self.renderer = Renderer(request)
+            except RenderError as exc:
+                return str(exc)
+            self.settings = request
+            return None
+        assert self.settings is not None and self.renderer is not None
+        results = _render_batch(self.settings, self.renderer, request)
+        # What survives a batch is the renderer's caches, kept to the end: full collections
+        # need not walk them again (a helper lives for one send).
+        gc.freeze()
+        logged, self.logged = self.logged, []
+        return [str(r) if isinstance(r, RenderError) else r for r in results], logged
+
+
+if __name__ == "__main__":
+    helper.serve(_Server())

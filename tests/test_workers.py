@@ -1,0 +1,166 @@
+"""Render helpers: the same messages as rendering here, and nothing lost when one dies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BASE_CONFIG, DATA, SmtpHandler, SmtpServer, smtp_section, start_smtp
+from samples import HOSTILE_ITEMS, sample_config, sample_digests
+
+from pipeline.errors import RenderError
+from pipeline.workers import MIN_DIGESTS, Rendering, worker_count
+
+ROOT = Path(__file__).parent.parent
+
+
+def _comparable(results: list[Any]) -> list[Any]:
+    return [f"RenderError: {r}" if isinstance(r, RenderError) else r for r in results]
+
+
+def test_helpers_render_exactly_what_this_process_renders(tmp_path: Path) -> None:
+    # ada's digest fails to render (her subject template meets an undefined name): per digest.
+    folder = tmp_path / "my-templates"
+    folder.mkdir()
+    (folder / "subject.txt.j2").write_text(
+        "{% if subscriber.email == 'ada@example.org' %}{{ nope.nothing }}{% endif %}{{ total }} new"
+    )
+    settings = sample_config(tmp_path, digest=f'templates = "{folder}"')
+    digests = list(sample_digests(settings, items=HOSTILE_ITEMS).values())
+    assert len(digests) >= 3
+    expected = _comparable(Rendering(settings).messages(digests))
+    assert sum(isinstance(r, str) for r in expected) == 1  # ada's error; the others are messages
+
+    with closing(Rendering(settings, workers=1)) as rendering:
+        assert len(rendering.workers) == 1
+        rendering.plan(digests[1:])  # the first is not planned: asked for anyway, it is rendered too
+        asked = list(reversed(digests))  # and out of the planned order
+        got = _comparable(rendering.messages(asked))
+        assert rendering.workers[0].dead is None  # the helper did the work, nothing fell back
+    assert got == list(reversed(expected))
+
+
+def test_worker_count(tmp_path: Path) -> None:
+    settings = sample_config(tmp_path)
+    cores = len(os.sched_getaffinity(0))
+    assert worker_count(settings, MIN_DIGESTS - 1) == 0  # small sends render here
+    assert worker_count(settings, MIN_DIGESTS) == min(4, cores - 1)
+    forced = settings.model_copy(update={"digest": settings.digest.model_copy(update={"render_workers": 2})})
+    assert worker_count(forced, 1) == 2
+    off = settings.model_copy(update={"digest": settings.digest.model_copy(update={"render_workers": 0})})
+    assert worker_count(off, 10_000) == 0
+
+
+# --- the real command line, with a helper that dies -----------------------------------------------
+
+
+@dataclass
+class SlowHandler(SmtpHandler):
+    """Takes 5 ms per message, so that a send of a few hundred lasts a few seconds."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(0.005)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def slow_smtp() -> Iterator[SmtpServer]:
+    handler = SlowHandler()
+    controller, port = start_smtp(handler)
+    try:
+        yield SmtpServer("127.0.0.1", port, handler)
+    finally:
+        controller.stop()
+
+
+READERS = 600
+
+
+def _big_config(tmp_path: Path, server: SmtpServer) -> Path:
+    text = BASE_CONFIG.format(
+        arxiv=DATA / "arxiv-cs.xml", hf=DATA / "hf-papers.xml", blog=DATA / "lab-blog.xml"
+    )
+    text = text.replace("[digest]\n", "[digest]\nrender_workers = 1\n", 1)
+    readers = "".join(
+        f'[[subscribers]]\nemail = "reader{i}@example.org"\ntopics = ["spiking", "rl", "diffusion"]\n\n'
+        for i in range(READERS)
+    )
+    path = tmp_path / "digest.toml"
+    path.write_text(text + "\n" + readers + smtp_section(server, timeout="30s"), encoding="utf-8")
+    return path
+
+
+def _send(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "-v", "send"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _helper_of(parent: int, timeout: float = 30) -> int:
+    """The pid of ``parent``'s render helper, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                command = (stat.parent / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == parent and b"pipeline.workers" in command:
+                return int(stat.parent.name)
+        time.sleep(0.01)
+    raise AssertionError("no render helper started")
+
+
+def _wait_for(condition: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_helper_killed_mid_send_loses_and_repeats_nothing(tmp_path: Path, slow_smtp: SmtpServer) -> None:
+    process = _send(_big_config(tmp_path, slow_smtp))
+    helper = _helper_of(process.pid)
+    # Killed once 20 are out: with 200 claimed and 200 rendered ahead at most, hundreds remain.
+    _wait_for(lambda: len(slow_smtp.handler.messages) >= 20)
+    os.kill(helper, signal.SIGKILL)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "render helper stopped (exit code -9): rendering its digests here" in output
+    recipients = [rcpt for _, rcpts in slow_smtp.handler.envelopes for rcpt in rcpts]
+    assert {f"reader{i}@example.org" for i in range(READERS)} <= set(recipients)  # everybody
+    assert len(recipients) == len(set(recipients))  # nobody twice
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_helper_ends_with_the_send(tmp_path: Path, slow_smtp: SmtpServer, how: signal.Signals) -> None:
+    process = _send(_big_config(tmp_path, slow_smtp))
+    helper = _helper_of(process.pid)
+    _wait_for(lambda: len(slow_smtp.handler.messages) >= 20)
+    process.send_signal(how)  # SIGTERM: a stop, finished in order; SIGKILL: the helper sees its stdin end
+    process.communicate(timeout=60)
+    assert process.returncode == (3 if how == signal.SIGTERM else -9)  # 3: some left pending
+    _wait_for(lambda: not _alive(helper), timeout=10)
