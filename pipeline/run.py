@@ -2,7 +2,8 @@
 
 ``fetch_all``: config -> fetch -> parse -> store.
 ``send``: fetch_all, then store -> match -> outbox (one transaction), then ``deliver_due``:
-outbox -> render -> compose -> deliver, recording each outcome.
+outbox -> render -> compose -> deliver, recording each outcome. A large send renders and
+composes in helper processes (``workers``), from the moment its digests are planned.
 """
 
 from __future__ import annotations
