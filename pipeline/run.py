@@ -24,7 +24,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .alert import feed_alert
 from .compose import message_id
@@ -35,7 +35,6 @@ from .fetch import FetchRequest, Network, fetch_feeds, next_attempt_delay
 from .match import Explanation, compile_topics, explain, index_entries, index_entry, match_topics
 from .models import Digest, Entry, FetchResult, Match, ParsedFeed, RenderedDigest, Section
 from .parse import ParserProcess, arxiv_id, canonical_link
-from .render import Renderer
 from .store import (
     ALERT_RECOVERED,
     ALERT_SENT,
@@ -50,6 +49,9 @@ from .store import (
     utcnow,
 )
 from .workers import Rendering, worker_count
+
+if TYPE_CHECKING:
+    from .render import Renderer
 
 log = logging.getLogger("digest")
 
@@ -819,7 +821,7 @@ def send(
         for email in report.nothing_new:
             log.info("digest to=%s skipped=nothing-new", email)
         if dry_run:
-            renderer = Renderer(settings)
+            renderer = _renderer(settings)
             renderer.prepare(digests)
             for digest in digests:
                 rendered = renderer.render(digest)
@@ -1063,6 +1065,14 @@ class SentRecorder:
         self.thread.join()
 
 
+def _renderer(settings: Settings) -> Renderer:
+    # Imported only here: a large send renders in its helpers, and render's libraries
+    # (premailer, lxml, Jinja2) take 0.2 s and 14 MB to import.
+    from .render import Renderer
+
+    return Renderer(settings)
+
+
 def _next_attempt(row: OutboxRow, now: datetime) -> datetime:
     """Exponential backoff: 1 min, doubling, at most 1 h, never past ``deliver_until``."""
     delay: timedelta = min(FIRST_RETRY * 2 ** max(0, row.attempts - 1), MAX_RETRY)
@@ -1156,7 +1166,7 @@ def preview(
     if fetch:
         fetch_all(settings, store, clock=clock, alerts=False)
     (digest,) = plan_digests(settings, store, [subscriber], clock(), keep_empty=True)
-    return digest, Renderer(settings).render(digest)
+    return digest, _renderer(settings).render(digest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1217,7 +1227,7 @@ def check(settings: Settings) -> list[str]:
             line = key_line(text, problem.key) if text and problem.key else None
             problems.append(f"{settings.path}:{line}: {problem}" if line else f"{settings.path}: {problem}")
     try:
-        Renderer(settings)
+        _renderer(settings)
     except RenderError as exc:
         problems.append(str(exc))
     if settings.digest.templates and not Path(settings.digest.templates).is_dir():

@@ -23,14 +23,16 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import helper
 from .compose import compose_message, sender_address
 from .config import Settings
 from .errors import RenderError
 from .models import Digest, OutgoingMessage
-from .render import Renderer, unsubscribe_url
+
+if TYPE_CHECKING:  # imported where used: a large send renders in its helpers, not here
+    from .render import Renderer
 
 log = logging.getLogger("digest")
 
@@ -62,6 +64,8 @@ def list_id(settings: Settings) -> str:
 
 
 def unsubscribe_links(settings: Settings, email: str) -> list[str]:
+    from .render import unsubscribe_url
+
     links = []
     if settings.digest.base_url:
         links.append(unsubscribe_url(settings, email))
@@ -193,6 +197,8 @@ class Rendering:
 
     def _render_here(self, digests: list[Digest]) -> list[Result]:
         if self.renderer is None:
+            from .render import Renderer
+
             self.renderer = Renderer(self.settings)
         return _render_batch(self.settings, self.renderer, digests)
 
@@ -326,6 +332,8 @@ class _Server:
 
     def __call__(self, request: Any) -> object:
         if isinstance(request, Settings):
+            from .render import Renderer
+
             try:
                 self.renderer = Renderer(request)
             except RenderError as exc:
