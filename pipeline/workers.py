@@ -13,7 +13,6 @@ never shows in the email.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import pickle
@@ -342,9 +341,6 @@ class _Server:
             return None
         assert self.settings is not None and self.renderer is not None
         results = _render_batch(self.settings, self.renderer, request)
-        # What survives a batch is the renderer's caches, kept to the end: full collections
-        # need not walk them again (a helper lives for one send).
-        gc.freeze()
         logged, self.logged = self.logged, []
         return [str(r) if isinstance(r, RenderError) else r for r in results], logged
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import Result
 from conftest import BASE_CONFIG, DATA, SmtpHandler, SmtpServer, smtp_section, start_smtp
 from samples import HOSTILE_ITEMS, sample_config, sample_digests
 
@@ -22,6 +24,7 @@ from pipeline.errors import RenderError
 from pipeline.workers import MIN_DIGESTS, Rendering, worker_count
 
 ROOT = Path(__file__).parent.parent
+_LOG = re.compile(r"^\d{4}-\d\d-\d\dT")  # a log line (they go where logging was set up)
 
 
 def _comparable(results: list[Any]) -> list[Any]:
@@ -48,6 +51,26 @@ def test_helpers_render_exactly_what_this_process_renders(tmp_path: Path) -> Non
         got = _comparable(rendering.messages(asked))
         assert rendering.workers[0].dead is None  # the helper did the work, nothing fell back
     assert got == list(reversed(expected))
+
+
+@pytest.mark.parametrize("broken", ["{% if %}", "{{ nothing_here.at_all }}"])
+def test_templates_that_cannot_render_fail_a_send_as_they_do_without_helpers(
+    tmp_path: Path, cli: Callable[..., Result], broken: str
+) -> None:
+    outputs = []
+    for workers in (0, 1):
+        folder = tmp_path / str(workers)
+        templates = folder / "my-templates"
+        templates.mkdir(parents=True)
+        (templates / "subject.txt.j2").write_text(broken)
+        sample_config(folder, digest=f'templates = "{templates}"\nrender_workers = {workers}')
+        result = cli("--config", folder / "digest.toml", "send")
+        said = [
+            line for line in result.output.replace(str(folder), "FOLDER").splitlines() if not _LOG.match(line)
+        ]
+        outputs.append((result.exit_code, said))
+    assert outputs[0] == outputs[1]  # the same failures, named the same way, the same exit code
+    assert outputs[0][0] != 0 and "subject.txt.j2" in "\n".join(outputs[0][1])
 
 
 def test_worker_count(tmp_path: Path) -> None:
