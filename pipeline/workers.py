@@ -224,6 +224,7 @@ class _Worker:
         self.lock = threading.Lock()
         self.dead: str | None = None  # why it no longer takes work
         self.closing = False
+        self.used = False
         self.threads = [
             threading.Thread(target=self._write, name="render-writer", daemon=True),
             threading.Thread(target=self._read, name="render-reader", daemon=True),
@@ -238,12 +239,15 @@ class _Worker:
                 reply.set_exception(HelperDied(self.dead))
                 return reply
             self.waiting.append(reply)
+            self.used = True
         self.outgoing.put(helper.frame(value))
         return reply
 
     def close(self) -> None:
         self.closing = True
         self.outgoing.put(None)  # the helper finishes its batch, reads the end of its stdin, exits
+        if not self.used:  # (nothing to render after all: no need to wait for its imports)
+            self.process.kill()
         try:
             self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:  # a huge batch: it only ever renders, so just stop it

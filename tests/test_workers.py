@@ -73,6 +73,14 @@ def test_templates_that_cannot_render_fail_a_send_as_they_do_without_helpers(
     assert outputs[0][0] != 0 and "subject.txt.j2" in "\n".join(outputs[0][1])
 
 
+def test_a_helper_never_given_work_is_stopped_without_waiting_for_it(tmp_path: Path) -> None:
+    # A send with nothing new for anyone: its helper is still importing; it is not waited for.
+    rendering = Rendering(sample_config(tmp_path), workers=1)
+    worker = rendering.workers[0]
+    rendering.close()
+    assert worker.process.returncode == -signal.SIGKILL
+
+
 def test_worker_count(tmp_path: Path) -> None:
     settings = sample_config(tmp_path)
     cores = len(os.sched_getaffinity(0))
