@@ -255,7 +255,7 @@ class DigestSection(_Section):
     base_url: str | None = Field(None, pattern=r"^https?://\S+$")
     admin: Email | None = None
     retain: Duration = timedelta(days=90)
-    render_workers: int | None = Field(None, ge=0, le=16)  # None: one per spare core, large sends only
+    render_workers: int | None = Field(None, ge=0, le=16)  # for large sends; None: one per spare core
 
     @field_validator("database")
     @classmethod

@@ -37,7 +37,7 @@ log = logging.getLogger("digest")
 
 BATCH = 50  # digests per request: small enough that the first messages come back quickly
 AHEAD = 4 * BATCH  # per helper, rendered before they are asked for (~70 KB each, held here)
-MIN_DIGESTS = 300  # below this a helper's start (~0.6 s of CPU) costs more than it saves
+MIN_SUBSCRIBERS = 300  # below this a helper's start (~0.6 s of CPU) costs more than it saves
 MAX_WORKERS = 4
 
 Result = OutgoingMessage | RenderError
@@ -73,14 +73,18 @@ def unsubscribe_links(settings: Settings, email: str) -> list[str]:
     return links
 
 
-def worker_count(settings: Settings, digests: int) -> int:
-    """How many render helpers a send of about ``digests`` digests should start."""
-    wanted = settings.digest.render_workers
-    if wanted is not None:
-        return wanted
-    if digests < MIN_DIGESTS:
+def worker_count(settings: Settings, subscribers: int) -> int:
+    """How many render helpers a send to ``subscribers`` people should start.
+
+    None for a small send (``digest run`` sends to one subscriber at a time); else
+    ``[digest] render_workers``, by default one per core beyond this process's.
+    """
+    if subscribers < MIN_SUBSCRIBERS:
         return 0
-    return max(0, min(MAX_WORKERS, len(os.sched_getaffinity(0)) - 1))  # the cores left over
+    wanted = settings.digest.render_workers
+    if wanted is None:
+        wanted = min(MAX_WORKERS, len(os.sched_getaffinity(0)) - 1)
+    return max(0, wanted)
 
 
 class HelperDied(Exception):

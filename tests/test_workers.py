@@ -21,7 +21,7 @@ from conftest import BASE_CONFIG, DATA, SmtpHandler, SmtpServer, smtp_section, s
 from samples import HOSTILE_ITEMS, sample_config, sample_digests
 
 from pipeline.errors import RenderError
-from pipeline.workers import MIN_DIGESTS, Rendering, worker_count
+from pipeline.workers import MIN_SUBSCRIBERS, Rendering, worker_count
 
 ROOT = Path(__file__).parent.parent
 _LOG = re.compile(r"^\d{4}-\d\d-\d\dT")  # a log line (they go where logging was set up)
@@ -63,7 +63,9 @@ def test_templates_that_cannot_render_fail_a_send_as_they_do_without_helpers(
         templates = folder / "my-templates"
         templates.mkdir(parents=True)
         (templates / "subject.txt.j2").write_text(broken)
-        sample_config(folder, digest=f'templates = "{templates}"\nrender_workers = {workers}')
+        sample_config(
+            folder, digest=f'templates = "{templates}"\nrender_workers = {workers}', extra=_readers(300)
+        )
         result = cli("--config", folder / "digest.toml", "send")
         said = [
             line for line in result.output.replace(str(folder), "FOLDER").splitlines() if not _LOG.match(line)
@@ -84,10 +86,11 @@ def test_a_helper_never_given_work_is_stopped_without_waiting_for_it(tmp_path: P
 def test_worker_count(tmp_path: Path) -> None:
     settings = sample_config(tmp_path)
     cores = len(os.sched_getaffinity(0))
-    assert worker_count(settings, MIN_DIGESTS - 1) == 0  # small sends render here
-    assert worker_count(settings, MIN_DIGESTS) == min(4, cores - 1)
-    forced = settings.model_copy(update={"digest": settings.digest.model_copy(update={"render_workers": 2})})
-    assert worker_count(forced, 1) == 2
+    assert worker_count(settings, MIN_SUBSCRIBERS - 1) == 0  # small sends render here
+    assert worker_count(settings, MIN_SUBSCRIBERS) == min(4, cores - 1)
+    two = settings.model_copy(update={"digest": settings.digest.model_copy(update={"render_workers": 2})})
+    assert worker_count(two, MIN_SUBSCRIBERS) == 2
+    assert worker_count(two, 1) == 0  # digest run's one-subscriber sends never start helpers
     off = settings.model_copy(update={"digest": settings.digest.model_copy(update={"render_workers": 0})})
     assert worker_count(off, 10_000) == 0
 
@@ -122,13 +125,16 @@ def _big_config(tmp_path: Path, server: SmtpServer) -> Path:
         arxiv=DATA / "arxiv-cs.xml", hf=DATA / "hf-papers.xml", blog=DATA / "lab-blog.xml"
     )
     text = text.replace("[digest]\n", "[digest]\nrender_workers = 1\n", 1)
-    readers = "".join(
-        f'[[subscribers]]\nemail = "reader{i}@example.org"\ntopics = ["spiking", "rl", "diffusion"]\n\n'
-        for i in range(READERS)
-    )
     path = tmp_path / "digest.toml"
-    path.write_text(text + "\n" + readers + smtp_section(server, timeout="30s"), encoding="utf-8")
+    path.write_text(text + "\n" + _readers(READERS) + smtp_section(server, timeout="30s"), encoding="utf-8")
     return path
+
+
+def _readers(count: int) -> str:
+    return "".join(
+        f'[[subscribers]]\nemail = "reader{i}@example.org"\ntopics = ["spiking", "rl", "diffusion"]\n\n'
+        for i in range(count)
+    )
 
 
 def _send(config: Path) -> subprocess.Popen[str]:
