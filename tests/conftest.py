@@ -19,6 +19,7 @@ import urllib.parse
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -154,14 +155,20 @@ def start_smtp(handler: SmtpHandler, **kwargs: Any) -> tuple[Controller, int]:
     return controller, port
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    handler = SmtpHandler()
+@contextmanager
+def serving_smtp(handler: SmtpHandler) -> Iterator[SmtpServer]:
+    """A real SMTP server on 127.0.0.1 answering with ``handler``, for the length of the block."""
     controller, port = start_smtp(handler)
     try:
         yield SmtpServer("127.0.0.1", port, handler)
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    with serving_smtp(SmtpHandler()) as server:
+        yield server
 
 
 class FeedHandler(http.server.SimpleHTTPRequestHandler):

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from conftest import BASE_CONFIG, DATA, SmtpHandler, SmtpServer, smtp_section, start_smtp
+from conftest import BASE_CONFIG, DATA, SmtpHandler, SmtpServer, serving_smtp, smtp_section
 from samples import HOSTILE_ITEMS, sample_config, sample_digests
 
 from pipeline.errors import RenderError
@@ -109,12 +109,8 @@ class SlowHandler(SmtpHandler):
 
 @pytest.fixture
 def slow_smtp() -> Iterator[SmtpServer]:
-    handler = SlowHandler()
-    controller, port = start_smtp(handler)
-    try:
-        yield SmtpServer("127.0.0.1", port, handler)
-    finally:
-        controller.stop()
+    with serving_smtp(SlowHandler()) as server:
+        yield server
 
 
 READERS = 600
