@@ -35,6 +35,23 @@ def frame(value: object) -> bytes:
     return len(data).to_bytes(8, "big") + data
 
 
+def receive(pipe: Any) -> Any:
+    """The next framed value from ``pipe`` (blocking); EOFError at its end."""
+    size = int.from_bytes(_read_exactly(pipe, 8), "big")
+    return pickle.loads(_read_exactly(pipe, size))
+
+
+def _read_exactly(pipe: Any, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = pipe.read(min(size, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
 def serve(handle: Callable[[Any], object]) -> None:
     """The helper's loop: answer each request with ``handle(request)``, until stdin closes.
 
@@ -44,10 +61,13 @@ def serve(handle: Callable[[Any], object]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    while header := requests.read(8):
-        reply = handle(pickle.loads(requests.read(int.from_bytes(header, "big"))))
+    while True:
         try:
-            replies.write(frame(reply))
+            request = receive(requests)
+        except EOFError:
+            return
+        try:
+            replies.write(frame(handle(request)))
             replies.flush()
         except BrokenPipeError:  # the parent is gone
             return

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import queue
 import subprocess
 import threading
@@ -276,12 +275,12 @@ class _Worker:
         assert self.process.stdout is not None
         pipe = self.process.stdout
         try:
-            started = _read_reply(pipe)
+            started = helper.receive(pipe)
             if started is not None:
                 self._fail(f"it cannot render: {started}")
                 self.process.kill()
             while True:
-                reply = _read_reply(pipe)
+                reply = helper.receive(pipe)
                 with self.lock:
                     waiting = self.waiting.popleft()
                 waiting.set_result(reply)
@@ -300,23 +299,6 @@ class _Worker:
             log.warning("render helper stopped (%s): rendering its digests here", reason)
         for reply in waiting:
             reply.set_exception(HelperDied(self.dead))
-
-
-def _read_reply(pipe: Any) -> Any:
-    """One framed pickle from ``pipe``; EOFError at its end."""
-    header = _read_exactly(pipe, 8)
-    return pickle.loads(_read_exactly(pipe, int.from_bytes(header, "big")))
-
-
-def _read_exactly(pipe: Any, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = pipe.read(min(size, 1 << 20))
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 # --- the helper's side --------------------------------------------------------------------------
