@@ -27,7 +27,7 @@ from . import helper
 from .compose import compose_message, sender_address
 from .config import Settings
 from .errors import RenderError
-from .models import Digest, OutgoingMessage
+from .models import Digest, Entry, OutgoingMessage
 
 if TYPE_CHECKING:  # imported where used: a large send renders in its helpers, not here
     from .render import Renderer
@@ -228,6 +228,7 @@ class _Worker:
         self.dead: str | None = None  # why it no longer takes work
         self.closing = False
         self.used = False
+        self.entries: dict[int, Entry] = {}  # the entries it has, by id: each is sent once
         self.threads = [
             threading.Thread(target=self._write, name="render-writer", daemon=True),
             threading.Thread(target=self._read, name="render-reader", daemon=True),
@@ -235,7 +236,7 @@ class _Worker:
         for thread in self.threads:
             thread.start()
 
-    def request(self, value: object) -> Future[Any]:
+    def request(self, digests: list[Digest]) -> Future[Any]:
         reply: Future[Any] = Future()
         with self.lock:
             if self.dead is not None:
@@ -243,8 +244,26 @@ class _Worker:
                 return reply
             self.waiting.append(reply)
             self.used = True
-        self.outgoing.put(helper.frame(value))
+        self.outgoing.put(self._frame(digests))
         return reply
+
+    def _frame(self, digests: list[Digest]) -> bytes:
+        """The batch, with the entries the helper already has sent by id: a batch of 50
+        digests holds ~250 entries (~300 KB), most of them in every batch; sent once a run,
+        a 2,000-digest send pickles 1.6 MB instead of 13.5 MB."""
+        fresh: dict[int, Entry] = {}
+
+        def entry_id(value: object) -> int | None:
+            if type(value) is Entry:
+                known = self.entries.get(value.id)
+                if known is value or known == value:
+                    return value.id
+                fresh[value.id] = value
+            return None
+
+        data = helper.frame(digests, entry_id)
+        self.entries.update(fresh)  # (the helper reads batches in order)
+        return data
 
     def close(self) -> None:
         self.closing = True
@@ -312,6 +331,7 @@ class _Server:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.renderer: Renderer | None = None
+        self.entries: dict[int, Entry] = {}  # every entry received, for later batches' ids
         self.logged: list[tuple[str, int, str]] = []
         handler = logging.Handler(logging.WARNING)
         handler.emit = lambda record: self.logged.append(  # type: ignore[method-assign]
@@ -330,10 +350,15 @@ class _Server:
             self.settings = request
             return None
         assert self.settings is not None and self.renderer is not None
+        for digest in request:
+            for section in digest.sections:
+                for match in section.matches:
+                    self.entries[match.entry.id] = match.entry
         results = _render_batch(self.settings, self.renderer, request)
         logged, self.logged = self.logged, []
         return [str(r) if isinstance(r, RenderError) else r for r in results], logged
 
 
 if __name__ == "__main__":
-    helper.serve(_Server())
+    server = _Server()
+    helper.serve(server, server.entries.__getitem__)

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from conftest import BASE_CONFIG, DATA, SmtpHandler, SmtpServer, serving_smtp, s
 from samples import HOSTILE_ITEMS, sample_config, sample_digests
 
 from pipeline.errors import RenderError
+from pipeline.models import Digest, Match, OutgoingMessage
 from pipeline.workers import MIN_SUBSCRIBERS, Rendering, worker_count
 
 ROOT = Path(__file__).parent.parent
@@ -51,6 +52,37 @@ def test_helpers_render_exactly_what_this_process_renders(tmp_path: Path) -> Non
         got = _comparable(rendering.messages(asked))
         assert rendering.workers[0].dead is None  # the helper did the work, nothing fell back
     assert got == list(reversed(expected))
+
+
+def _retitled(digest: Digest) -> Digest:
+    """The digest with every entry a new object of the same id and a changed title."""
+    def retitled(m: Match) -> Match:
+        return replace(m, entry=replace(m.entry, title=f"{m.entry.title} (v2)"))
+
+    sections = tuple(replace(s, matches=tuple(map(retitled, s.matches))) for s in digest.sections)
+    return replace(digest, sections=sections, message_id=digest.message_id + "v2")
+
+
+def test_a_helper_is_sent_each_entry_once_and_again_only_when_it_changed(tmp_path: Path) -> None:
+    settings = sample_config(tmp_path)
+    digests = list(sample_digests(settings, items=HOSTILE_ITEMS).values())
+    assert len(digests) >= 3
+    changed = _retitled(digests[0])
+    batches = [digests[:1], digests[1:], [changed]]
+    here = Rendering(settings)
+    expected = [_comparable(here.messages(batch)) for batch in batches]
+    assert all(isinstance(m, OutgoingMessage) for batch in expected for m in batch)
+
+    with closing(Rendering(settings, workers=1)) as rendering:
+        got = [_comparable(rendering.messages(batch)) for batch in batches]
+        assert rendering.workers[0].dead is None  # every entry sent by id was there
+    assert got == expected
+
+    with closing(Rendering(settings, workers=1)) as rendering:  # framing only, never sent
+        worker = rendering.workers[0]
+        sizes = [len(worker._frame(batch)) for batch in ([digests[0]], [digests[0]], [changed])]
+    assert sizes[1] < sizes[0] / 2  # the second time its entries went by id
+    assert sizes[2] > sizes[0] * 0.9  # changed entries went whole again
 
 
 @pytest.mark.parametrize("broken", ["{% if %}", "{{ nothing_here.at_all }}"])
