@@ -43,8 +43,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
-import feedparser
-
 from . import helper
 from .errors import ParseError
 from .models import FeedItem, FetchResult, ParsedFeed
@@ -72,8 +70,6 @@ _ARXIV_PREAMBLE = re.compile(
 )
 _URL_BREAKS = re.compile(r"[\t\r\n]")
 _URL_SPACE = re.compile(r"\s")
-# feedparser flags these as "bozo", but they are about the HTTP headers, not the document.
-_BENIGN = (feedparser.NonXMLContentType, feedparser.CharacterEncodingOverride)
 TITLE_WORDS = 12
 TITLE_CHARS = 80
 
@@ -82,6 +78,8 @@ def parse_feed(result: FetchResult) -> ParsedFeed:
     """Parse one downloaded feed; raise ParseError when it holds no usable entries."""
     if result.content is None:
         return ParsedFeed(result.feed, ())
+    import feedparser  # here: feeds are parsed in the parse helper, which imports it at start
+
     headers = {k.lower(): v for k, v in result.headers.items()}
     if result.url.startswith(("http://", "https://")):
         # The base against which relative links resolve (feedparser reads Content-Location).
@@ -95,7 +93,8 @@ def parse_feed(result: FetchResult) -> ParsedFeed:
     )
     version = str(parsed.get("version") or "")
     problem = parsed.get("bozo_exception") if parsed.bozo else None
-    if isinstance(problem, _BENIGN):
+    # feedparser flags these as "bozo", but they are about the HTTP headers, not the document.
+    if isinstance(problem, (feedparser.NonXMLContentType, feedparser.CharacterEncodingOverride)):
         problem = None  # a missing or odd Content-Type: the document itself parsed cleanly
     if not version:
         reason = f" ({_bozo_reason(problem)})" if problem is not None else ""
@@ -147,6 +146,11 @@ class ParserProcess:
         if not isinstance(outcome, ParsedFeed):  # pragma: no cover - the helper sends nothing else
             raise ParseError(f"the parser sent {type(outcome).__name__}")
         return outcome
+
+    def start(self) -> ParserProcess:
+        """Start the helper now (it otherwise starts with the first parse)."""
+        self._running()
+        return self
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self.process is None or self.process.poll() is not None:
@@ -360,4 +364,6 @@ def _date(parsed: time.struct_time | None) -> datetime | None:
 
 
 if __name__ == "__main__":
+    import feedparser  # noqa: F401  (now, while the parent downloads the feeds)
+
     helper.serve(_answer)

@@ -13,6 +13,7 @@ never shows in the email.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -21,13 +22,14 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import helper
 from .compose import compose_message, sender_address
 from .config import Settings
 from .errors import RenderError
-from .models import Digest, Entry, OutgoingMessage
+from .models import Digest, Entry, Match, OutgoingMessage, Section
 
 if TYPE_CHECKING:  # imported where used: a large send renders in its helpers, not here
     from .render import Renderer
@@ -216,6 +218,33 @@ def _render_batch(settings: Settings, renderer: Renderer, digests: list[Digest])
     return results
 
 
+def _warm_up(settings: Settings, renderer: Renderer) -> None:
+    """Render a made-up digest, while the parent still fetches and plans: the first email
+    pays for parsing the stylesheet and for first calls into lxml, premailer and Jinja
+    (0.3-0.5 s off a send's first batch, for ~0.1 s of otherwise idle time)."""
+    if not settings.subscribers:
+        return
+    now = datetime.now(UTC)
+    subscriber = settings.subscribers[0]
+    topic = subscriber.topics[0]
+    entry = Entry(
+        id=-1,
+        title="Warm-up",
+        link="https://example.org/",
+        summary_html="<p>Warm-up.</p>",
+        authors=("A. Author",),
+        categories=(),
+        published=now,
+        first_seen=now,
+        feeds=("feed",),
+    )
+    title = settings.topics[topic].title or topic
+    section = Section(topic, title, (Match(entry, topic, score=1, hits=("warm-up",)),))
+    digest = Digest(subscriber.email, subscriber.name, (section,), (title,), now, "<warm-up@digest.invalid>")
+    with contextlib.suppress(Exception):  # whatever fails here, a real digest meets and reports
+        _render_batch(settings, renderer, [digest])
+
+
 class _Worker:
     """One helper: requests go out through a writer thread, replies come back in order."""
 
@@ -348,6 +377,7 @@ class _Server:
             except RenderError as exc:
                 return str(exc)
             self.settings = request
+            _warm_up(request, self.renderer)
             return None
         assert self.settings is not None and self.renderer is not None
         for digest in request:
