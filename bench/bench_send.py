@@ -15,6 +15,7 @@ Prints medians of --reps repetitions with min and max, the ratios, then a scalin
 from __future__ import annotations
 
 import argparse
+import compileall
 import http.server
 import os
 import re
@@ -294,6 +295,9 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip rss2email")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     args = parser.parse_args()
+    # Our package's bytecode, as an installed package (and rss2email, installed by pip) has it:
+    # with PYTHONDONTWRITEBYTECODE set, as on these machines, every run would compile it anew.
+    compileall.compile_dir(HERE.parent / "pipeline", quiet=1)
 
     work = Path(tempfile.mkdtemp(prefix="digest-bench-"))
     site = work / "www"

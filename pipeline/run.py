@@ -44,6 +44,7 @@ from .store import (
     FeedState,
     NewDelivery,
     OutboxRow,
+    SentMarker,
     Store,
     owner_id,
     utcnow,
@@ -1036,7 +1037,7 @@ class SentRecorder:
     """
 
     def __init__(self, store: Store, clock: Clock) -> None:
-        self.store, self.clock = store, clock
+        self.mark_sent, self.clock = SentMarker(store), clock
         self.queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="sent-recorder", daemon=True)
         self.thread.start()
@@ -1054,10 +1055,11 @@ class SentRecorder:
             ids = [i for i in batch if i is not None]
             if ids:
                 try:
-                    self.store.mark_sent(ids, self.clock())
+                    self.mark_sent(ids, self.clock())
                 except StoreError as exc:
                     # Not lost: the rows stay claimed and go out again (same Message-ID) later.
                     log.error("outbox error=%r rows=%s", str(exc), ids)
+        self.mark_sent.close()
 
     def close(self) -> None:
         self.queue.put(None)

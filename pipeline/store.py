@@ -19,6 +19,7 @@ so concurrent writers queue instead of failing on a lock upgrade.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,7 +47,6 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    bindparam,
     case,
     create_engine,
     delete,
@@ -204,13 +204,6 @@ ALERT_SENT, ALERT_RECOVERED = "sent", "recovered"
 
 # Built once: the sent-recorder runs it after nearly every message, and building the statement
 # each time cost as much as running it.
-_MARK_SENT = (
-    update(deliveries_table)
-    .where(deliveries_table.c.id.in_(bindparam("ids", expanding=True)))
-    .values(state=SENT, sent_at=bindparam("now"), lease_until=None, last_error=None)
-)
-
-
 @dataclass(frozen=True, slots=True)
 class FeedState:
     """What the store remembers about one feed."""
@@ -900,11 +893,6 @@ class Store:
                     .values(lease_until=until)
                 )
 
-    def mark_sent(self, ids: Sequence[int], now: datetime) -> None:
-        if ids:
-            with self._tx() as conn:
-                conn.execute(_MARK_SENT, {"ids": list(ids), "now": now})
-
     def mark_retry(self, delivery_id: int, error: str, next_attempt_at: datetime) -> None:
         with self._tx() as conn:
             conn.execute(
@@ -1239,6 +1227,45 @@ def _safe_url(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return url
+
+
+class SentMarker:
+    """Marks outbox rows sent, for the one thread that records the server's acceptances
+    (``run.SentRecorder``: a commit per accepted message, or per few, in a large send).
+
+    It holds one connection and writes at driver level: a commit costs ~0.3 ms of CPU
+    instead of ~0.55 through ``Store._tx`` (pool trip, statement compilation per call).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.conn: Connection | None = None
+        self.sent_at: Callable[[Any], Any] = lambda value: value
+
+    def __call__(self, ids: Sequence[int], now: datetime) -> None:
+        if not ids:
+            return
+        try:
+            if self.conn is None:
+                self.conn = self.store.engine.connect()
+                processor = deliveries_table.c.sent_at.type.bind_processor(self.conn.dialect)
+                self.sent_at = processor or self.sent_at
+            mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
+            with self.store._turn, self.conn.begin():
+                self.conn.exec_driver_sql(
+                    f"UPDATE deliveries SET state = {mark}, sent_at = {mark}, lease_until = NULL, "
+                    f"last_error = NULL WHERE id IN ({', '.join([mark] * len(ids))})",
+                    (SENT, self.sent_at(now), *ids),
+                )
+        except SQLAlchemyError as exc:
+            self.close()  # the next call starts on a new connection
+            raise StoreError(f"state database error: {exc.__class__.__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self.conn.close()
+            self.conn = None
 
 
 def _engine(url: str) -> Engine:
