@@ -264,4 +264,4 @@ def compose_message(
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]
     )
-    return OutgoingMessage(sender=sender_addr, recipient=recipient, message_id=digest.message_id, data=data)
+    return OutgoingMessage(sender_addr, recipient, digest.message_id, data, crlf=True)  # (by construction)

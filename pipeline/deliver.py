@@ -191,15 +191,16 @@ class SmtpTransport:
     def _transaction(conn: smtplib.SMTP, message: OutgoingMessage) -> None:
         """One mail transaction, raising smtplib's exceptions.
 
-        When the server pipelines (RFC 2920) and the message already has CRLF line ends,
-        MAIL, RCPT and DATA go in one round trip and the message goes as it is, dot-stuffed
-        with one C-speed replace: smtplib's sendmail would wait for each reply and rewrite
-        every line of the message with regular expressions, which on a 70 KB digest costs
-        more than the sending itself. Anything else takes smtplib's own way.
+        When the server pipelines (RFC 2920) and the message is known to have CRLF line ends
+        (``compose`` makes them so; checking costs two scans of the message), MAIL, RCPT and
+        DATA go in one round trip and the message goes as it is, dot-stuffed with one C-speed
+        replace: smtplib's sendmail would wait for each reply and rewrite every line of the
+        message with regular expressions, which on a 70 KB digest costs more than the sending
+        itself. Anything else takes smtplib's own way.
         """
         data, sender, recipient = message.data, message.sender, message.recipient
         plain = sender.isascii() and recipient.isascii()
-        if not (plain and conn.has_extn("pipelining") and data.count(b"\n") == data.count(b"\r\n")):
+        if not (plain and message.crlf and conn.has_extn("pipelining")):
             options = [] if plain else ["SMTPUTF8"]
             refused = conn.sendmail(sender, [recipient], data, mail_options=options)
             if refused:

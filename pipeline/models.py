@@ -139,3 +139,4 @@ class OutgoingMessage:
     recipient: str
     message_id: str
     data: bytes
+    crlf: bool = False  # every line of data ends with CRLF, none with a bare CR or LF
