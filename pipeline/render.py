@@ -42,7 +42,7 @@ from markupsafe import Markup
 from .config import Settings
 from .errors import RenderError
 from .inline import Inlined, Shape, inline_css, inline_pieces, match_shape, piecewise_blockers, shape_of
-from .models import Digest, Entry, Match, RenderedDigest
+from .models import Digest, Entry, Match, RenderedDigest, Section
 from .summary import highlight_html, highlight_text, html_to_text, sanitize_html, shorten_html
 from .text import clean_text, has_control
 
@@ -160,9 +160,13 @@ class SectionRef:
     title: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class SectionView:
-    """One topic's part of an email."""
+    """One topic's part of an email.
+
+    Compared and hashed by identity: a run has one per distinct section (``Renderer._section``),
+    the key of that section's assembled parts.
+    """
 
     topic: str
     title: str
@@ -286,6 +290,7 @@ class Renderer:
     """Renders digests for one run; per-entry and per-topic work is done once per run."""
 
     MEMO = 1024  # plans kept from ``prepare`` for ``render`` (a few claim batches)
+    SECTIONS = 4096  # distinct sections kept, assembled, before starting over (~2 KB each)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -323,6 +328,10 @@ class Renderer:
         # text: frames and entries, raw and wrapped
         self._text_frames: dict[tuple[Any, ...], _TextFrame] = {}
         self._text_entries: dict[int, _TextPiece] = {}
+        # distinct sections, and each one's parts assembled: HTML (per layout context) and text
+        self._sections: dict[tuple[Any, ...], SectionView] = {}
+        self._section_html: dict[tuple[int, SectionView], tuple[str, ...]] = {}
+        self._section_text: dict[SectionView, tuple[tuple[str, ...], bool]] = {}  # and line-aligned?
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -395,15 +404,7 @@ class Renderer:
 
     def _context(self, digest: Digest) -> dict[str, Any]:
         """What the layout, subject and preheader templates see."""
-        sections = [
-            SectionView(
-                topic=section.topic,
-                title=clean_text(section.title),
-                entries=tuple(self._view(m, section.title) for m in section.matches),
-                more=section.more,
-            )
-            for section in digest.sections
-        ]
+        sections = [self._section(section) for section in digest.sections]
         context: dict[str, Any] = {
             "title": self._title,
             "date": self._date(digest),
@@ -419,6 +420,30 @@ class Renderer:
         context["subject"] = clean_text(_render(self.templates[SUBJECT], context))
         context["preheader"] = clean_text(_render(self.templates[PREHEADER], context))
         return context
+
+    def _section(self, section: Section) -> SectionView:
+        """The view of a section: one per distinct section in a run. A subscriber's sections
+        leave out entries shown in another of their topics, so a section is shared by a few
+        subscribers (~7 in the benchmark), and assembled once for all of them."""
+        key = (
+            section.topic,
+            section.title,
+            section.more,
+            tuple([(m.entry.id, m.topic, m.hits) for m in section.matches]),
+        )
+        view = self._sections.get(key)
+        if view is None:
+            if len(self._sections) >= self.SECTIONS:  # (a large run's sections seldom repeat)
+                self._sections.clear()
+                self._section_html.clear()
+                self._section_text.clear()
+            view = self._sections[key] = SectionView(
+                topic=section.topic,
+                title=clean_text(section.title),
+                entries=tuple(self._view(m, section.title) for m in section.matches),
+                more=section.more,
+            )
+        return view
 
     def _date(self, digest: Digest) -> str:
         zone = self._zones.get(digest.subscriber.lower(), self.settings.digest.timezone)
@@ -566,6 +591,8 @@ class Renderer:
         sections = plan.context["sections"]
         for index in layout.slots:
             section = sections[index]
+            if (ctx, section) in self._section_html:
+                continue  # assembled already: every piece of it is there
             topic = self._topic_frame(section)
             key = (topic.head_id, topic.tail_id)
             if (ctx, *key) not in self._frames:
@@ -676,12 +703,16 @@ class Renderer:
         for n, index in enumerate(layout.slots):
             if n and layout.gaps[n - 1]:
                 out.append(layout.gaps[n - 1])
-            self._section_html(plan.ctx, sections[index], out)
+            out += self._assemble_section(plan.ctx, sections[index])
         if tail is not None:
             out.append(tail.fill(layout.tail_values))
         return out
 
-    def _section_html(self, ctx: int, section: SectionView, out: list[str]) -> None:
+    def _assemble_section(self, ctx: int, section: SectionView) -> tuple[str, ...]:
+        """A section's inlined HTML, as parts: its frame and its entries, shared pieces."""
+        parts = self._section_html.get((ctx, section))
+        if parts is not None:
+            return parts
         key = (ctx, self._topic_key(section))
         filled = self._filled.get(key)
         if filled is None:
@@ -696,13 +727,15 @@ class Renderer:
             )
         entries = self._entries
         views = section.entries
-        out.append(filled.head)
+        out = [filled.head]
         for n, e in enumerate(filled.slots):
             if n and filled.gaps[n - 1]:
                 out.append(filled.gaps[n - 1])
             out.append(entries[(ctx, filled.head_id, id(views[e]))])
         if filled.tail:
             out.append(filled.tail)
+        parts = self._section_html[(ctx, section)] = tuple(out)
+        return parts
 
     def _assembled_text(self, context: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
         """The wrapped text part, and the same as line-aligned parts."""
@@ -712,19 +745,10 @@ class Renderer:
             layout = frame.parts
             wrapped = [_wrap_lines(layout[0])]
             aligned = _whole_lines(layout[0])
-            cache = self._text_entries
             for n, index in enumerate(frame.slots):
-                section = sections[index]
-                topic = self._text_frame(section)
-                aligned = aligned and topic.aligned
-                wrapped.append(topic.head)
-                views = section.entries
-                for e, after in zip(topic.slots, topic.after, strict=True):
-                    piece = cache.get(id(views[e])) or self._text_entry(section, views[e])
-                    aligned = aligned and piece.aligned
-                    wrapped.append(piece.wrapped)
-                    if after:
-                        wrapped.append(after)
+                text, whole = self._assemble_text_section(sections[index])
+                aligned = aligned and whole
+                wrapped += text
                 part = layout[n + 1]
                 aligned = aligned and (n + 2 == len(layout) or _whole_lines(part))
                 wrapped.append(_wrap_lines(part))
@@ -744,6 +768,24 @@ class Renderer:
         wrapped[0] = wrapped[0].lstrip("\n")
         wrapped[-1] = wrapped[-1].rstrip("\n") + "\n"
         return "".join(wrapped), tuple(wrapped)
+
+    def _assemble_text_section(self, section: SectionView) -> tuple[tuple[str, ...], bool]:
+        """A section's wrapped text, as parts, and whether they all end at line ends."""
+        assembled = self._section_text.get(section)
+        if assembled is None:
+            topic = self._text_frame(section)
+            aligned = topic.aligned
+            out = [topic.head]
+            cache = self._text_entries
+            views = section.entries
+            for e, after in zip(topic.slots, topic.after, strict=True):
+                piece = cache.get(id(views[e])) or self._text_entry(section, views[e])
+                aligned = aligned and piece.aligned
+                out.append(piece.wrapped)
+                if after:
+                    out.append(after)
+            assembled = self._section_text[section] = (tuple(out), aligned)
+        return assembled
 
     def _text_frame(self, section: SectionView) -> _TextFrame:
         key = self._topic_key(section)

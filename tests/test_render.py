@@ -115,6 +115,19 @@ def test_premailer_runs_once_per_run_not_per_subscriber(tmp_path: Path) -> None:
     assert renderer.premailer_calls == 1
 
 
+def test_sections_shared_by_subscribers_or_forgotten_render_the_same(tmp_path: Path) -> None:
+    settings = sample_config(tmp_path)
+    digests = list(sample_digests(settings, items=HOSTILE_ITEMS).values())
+    expected = [Renderer(settings).render(d) for d in digests]  # a renderer per email
+    shared = Renderer(settings)
+    forgetful = Renderer(settings)
+    forgetful.SECTIONS = 1  # every new section makes it start over
+    for renderer in (shared, forgetful):
+        renderer.prepare(digests)
+        assert [renderer.render(d) for d in digests * 2] == expected * 2
+    assert len(shared._sections) == len({(s.topic, s.matches) for d in digests for s in d.sections})
+
+
 def test_render_without_prepare_prepares_that_digest(tmp_path: Path) -> None:
     settings = sample_config(tmp_path)
     digests = sample_digests(settings)
