@@ -1,9 +1,9 @@
 """The one place that chains the stages; the CLI and the scheduler both call these functions.
 
 ``fetch_all``: config -> fetch -> parse -> store.
-``send``: fetch_all, then store -> match -> outbox (one transaction), then ``deliver_due``:
-outbox -> render -> compose -> deliver, recording each outcome. A large send renders and
-composes in helper processes (``workers``), from the moment its digests are planned.
+``send``: fetch_all, then store -> match -> plan, then ``deliver_due``: outbox (a transaction
+per few hundred digests) -> render -> compose -> deliver, recording each outcome. A large send
+renders and composes in helper processes (``workers``), from the moment its digests are planned.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
@@ -803,8 +804,9 @@ def send(
 ) -> SendReport:
     """Fetch, then build and deliver now the digest of each named (or every) subscriber.
 
-    New digests are committed to the outbox before any SMTP traffic; then every due outbox
-    row is delivered, including digests left pending by earlier runs.
+    Every due outbox row is delivered, including digests left pending by earlier runs; new
+    digests are committed to the outbox as delivery reaches them (each before it is sent),
+    and all of them before this returns, even after a ``stop``.
     """
     chosen = select_subscribers(settings, subscribers)
     report = SendReport(dry_run=dry_run)
@@ -830,16 +832,10 @@ def send(
                 )
             return report
 
-        rendering.plan(digests)  # the helpers render while the outbox is written
+        rendering.plan(digests)  # the helpers render from now on
+        planned = Planned(settings, store, report, digests)
         with _collector_settled():
-            with report.timed("enqueue"):
-                # A transaction per few hundred digests: each is still committed before it is sent,
-                # and a large run never holds every digest's stored form at once.
-                for start in range(0, len(digests), ENQUEUE_BATCH):
-                    store.enqueue([_delivery(settings, d) for d in digests[start : start + ENQUEUE_BATCH]])
-                store.mark_checked([s.email for s in chosen], now)
             with report.timed("deliver"):
-                planned = {d.message_id: d for d in digests}
                 deliver_due(
                     settings,
                     store,
@@ -850,6 +846,9 @@ def send(
                     planned=planned,
                     rendering=rendering,
                 )
+            while planned.commit_next():  # what a stop left: the next send delivers it
+                pass
+            store.mark_checked([s.email for s in chosen], now)
     log.info("timings %s", " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()))
     return report
 
@@ -862,7 +861,7 @@ def deliver_due(
     clock: Clock = utcnow,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
-    planned: Mapping[str, Digest] | None = None,
+    planned: Planned | None = None,
     rendering: Rendering | None = None,
 ) -> SendReport:
     """Deliver every due outbox row: claim, render, compose, send, record each outcome.
@@ -872,12 +871,13 @@ def deliver_due(
     accepts them; a transient failure puts the row back as pending with exponential backoff
     until ``give_up_after``; a permanent one marks it failed. When ``stop`` is set, the
     messages in flight finish and every other claimed digest goes back to the outbox, due now.
-    ``planned`` are digests this process just put in the outbox (by Message-ID): those are not
-    rebuilt from their stored form. ``rendering`` renders them (by default: here).
+    ``planned`` are digests this process just planned: it commits them to the outbox as they
+    are reached, and they are not rebuilt from their stored form. ``rendering`` renders them
+    (by default: here).
     """
     report = report if report is not None else SendReport()
     if progress:
-        progress.start(store.count_due(clock()))
+        progress.start(store.count_due(clock()) + (planned.uncommitted if planned else 0))
     delivery = _Delivery(
         settings,
         store,
@@ -885,7 +885,7 @@ def deliver_due(
         clock,
         progress,
         stop or threading.Event(),
-        planned or {},
+        planned or Planned(settings, store, report, []),
         rendering or Rendering(settings),
     )
     try:
@@ -893,6 +893,34 @@ def deliver_due(
     finally:
         delivery.close()
     return report
+
+
+class Planned:
+    """The digests a send planned, committed to the outbox a few hundred at a time (one
+    transaction each) as delivery reaches them.
+
+    Committing every digest before delivering any held up delivery, and with it the render
+    helpers, which work only a little ahead of it: 4 s of a 10,000-subscriber send. A digest
+    is still committed before it can be claimed, let alone sent.
+    """
+
+    def __init__(self, settings: Settings, store: Store, report: SendReport, digests: list[Digest]) -> None:
+        self.settings, self.store, self.report = settings, store, report
+        self.digests = {d.message_id: d for d in digests}
+        self.waiting = deque(digests[i : i + ENQUEUE_BATCH] for i in range(0, len(digests), ENQUEUE_BATCH))
+
+    @property
+    def uncommitted(self) -> int:
+        return sum(len(chunk) for chunk in self.waiting)
+
+    def commit_next(self) -> bool:
+        """Commit the next few hundred digests; False when all are."""
+        if not self.waiting:
+            return False
+        chunk = self.waiting.popleft()
+        with self.report.timed("  enqueue"):
+            self.store.enqueue([_delivery(self.settings, d) for d in chunk])
+        return True
 
 
 class _Delivery:
@@ -908,7 +936,7 @@ class _Delivery:
         clock: Clock,
         progress: Progress | None,
         stop: threading.Event,
-        planned: Mapping[str, Digest],
+        planned: Planned,
         rendering: Rendering,
     ) -> None:
         self.settings, self.store, self.report, self.clock = settings, store, report, clock
@@ -930,7 +958,7 @@ class _Delivery:
                     self.dispatcher.abandon(INTERRUPTED)
             room = len(self.held) < self.WINDOW and not (self.dispatcher and self.dispatcher.unreachable)
             if not exhausted and room:
-                exhausted = not self._claim_batch()
+                exhausted = not self._claim_batch() and not self.planned.commit_next()
                 continue
             if not self.held:
                 return
@@ -971,12 +999,13 @@ class _Delivery:
 
     def _digests(self, rows: list[OutboxRow]) -> list[Digest]:
         """The digests these rows hold: as planned by this run, else rebuilt from the outbox."""
-        stored = [row for row in rows if row.message_id not in self.planned]
+        planned = self.planned.digests
+        stored = [row for row in rows if row.message_id not in planned]
         specs = self.store.specs(row.id for row in stored) if stored else {}
         wanted = {eid for spec in specs.values() for s in spec["sections"] for eid, _, _ in s["entries"]}
         self.entries.update(self.store.entries_by_id(wanted - self.entries.keys()))
         return [
-            self.planned.get(row.message_id) or digest_from_row(row, specs[row.id], self.entries)
+            planned.get(row.message_id) or digest_from_row(row, specs[row.id], self.entries)
             for row in rows
         ]
 

@@ -10,7 +10,7 @@ The ``meta`` table holds the schema version; a store opened on an older file upg
 place (:func:`_upgrade`), and refuses a newer one.
 
 Every change is one transaction per unit of work. A digest is written to the outbox, with its
-entries marked as taken for that subscriber, in one transaction before any SMTP traffic; the
+entries marked as taken for that subscriber, in one transaction before it is sent; the
 primary key on (subscriber, entry) makes it impossible for one entry to go into two digests
 for the same person, even with two processes racing. SQLite runs in WAL mode with
 ``synchronous=FULL`` and a busy timeout, and every transaction starts with ``BEGIN IMMEDIATE``

@@ -6,9 +6,11 @@ import asyncio
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
@@ -218,6 +220,29 @@ def test_a_helper_killed_mid_send_loses_and_repeats_nothing(tmp_path: Path, slow
     recipients = [rcpt for _, rcpts in slow_smtp.handler.envelopes for rcpt in rcpts]
     assert {f"reader{i}@example.org" for i in range(READERS)} <= set(recipients)  # everybody
     assert len(recipients) == len(set(recipients))  # nobody twice
+
+
+def test_a_stopped_send_commits_every_planned_digest_and_the_next_one_sends_the_rest(
+    tmp_path: Path, slow_smtp: SmtpServer
+) -> None:
+    # 600 digests: the first 500 are committed before delivery starts, the rest as it reaches
+    # them; a stop comes before that, so they are committed after it.
+    config = _big_config(tmp_path, slow_smtp)
+    process = _send(config)
+    _wait_for(lambda: len(slow_smtp.handler.messages) >= 20)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 3, output  # some left pending
+    with sqlite3.connect(tmp_path / "state" / "digest.db") as db:
+        states = Counter(state for (state,) in db.execute("select state from deliveries"))
+    assert set(states) == {"sent", "pending"}, states  # nothing still claimed
+    again = _send(config)
+    output, _ = again.communicate(timeout=120)
+    assert again.returncode == 0, output
+    recipients = Counter(rcpt for _, rcpts in slow_smtp.handler.envelopes for rcpt in rcpts)
+    assert {f"reader{i}@example.org" for i in range(READERS)} <= set(recipients)
+    assert set(recipients.values()) == {1}  # nobody twice
+    assert sum(states.values()) == len(recipients)  # every digest was in the outbox after the stop
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
