@@ -202,8 +202,6 @@ leases_table = Table(
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
 ALERT_SENT, ALERT_RECOVERED = "sent", "recovered"
 
-# Built once: the sent-recorder runs it after nearly every message, and building the statement
-# each time cost as much as running it.
 @dataclass(frozen=True, slots=True)
 class FeedState:
     """What the store remembers about one feed."""
