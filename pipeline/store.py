@@ -202,6 +202,7 @@ leases_table = Table(
 PENDING, SENDING, SENT, FAILED = "pending", "sending", "sent", "failed"
 ALERT_SENT, ALERT_RECOVERED = "sent", "recovered"
 
+
 @dataclass(frozen=True, slots=True)
 class FeedState:
     """What the store remembers about one feed."""
