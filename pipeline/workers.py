@@ -1,6 +1,6 @@
 """Digests -> messages (render, then compose), in helper processes when a send is large.
 
-Rendering and composing cost ~1.5-2 ms of CPU an email, most of a large send, and one Python
+Rendering and composing cost ~1-2 ms of CPU an email, most of a large send, and one Python
 process uses one core. :class:`Rendering` hands batches of digests to helper interpreters
 (``python -m pipeline.workers``, see :mod:`pipeline.helper`). ``send`` starts them first thing,
 so that their imports overlap the fetch, and gives them the digests as soon as they are
