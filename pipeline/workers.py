@@ -311,10 +311,8 @@ class _Worker:
         assert self.process.stdin is not None
         pipe = self.process.stdin
         while (data := self.outgoing.get()) is not None:
-            view = memoryview(data)
             try:
-                while view:
-                    view = view[pipe.write(view) or 0 :]
+                helper.write_all(pipe.fileno(), data)
             except OSError:
                 break  # the helper is gone: the reader sees it and says why
         pipe.close()

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -85,6 +86,40 @@ def test_a_helper_is_sent_each_entry_once_and_again_only_when_it_changed(tmp_pat
         sizes = [len(worker._frame(batch)) for batch in ([digests[0]], [digests[0]], [changed])]
     assert sizes[1] < sizes[0] / 2  # the second time its entries went by id
     assert sizes[2] > sizes[0] * 0.9  # changed entries went whole again
+
+
+def test_a_helper_stopped_and_continued_mid_reply_loses_nothing(tmp_path: Path) -> None:
+    # Ctrl-Z and fg (or a profiler) stop and continue the helper: a stop cuts its large pipe
+    # writes short. Replies here are ~1 MB, so most of them are cut, several times over.
+    settings = sample_config(tmp_path)
+    some = list(sample_digests(settings, items=HOSTILE_ITEMS).values())
+    digests = [replace(d, message_id=f"<{i}.{d.message_id[1:]}") for i in range(20) for d in some]
+    expected = _comparable(Rendering(settings).messages(digests))
+
+    with closing(Rendering(settings, workers=1)) as rendering:
+        pid = rendering.workers[0].process.pid
+        stopping = threading.Event()
+
+        def stop_and_continue() -> None:
+            while not stopping.wait(0.003):
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.002)
+                os.kill(pid, signal.SIGCONT)
+
+        got: list[list[Any]] = []
+        asking = threading.Thread(target=lambda: got.extend(rendering.messages(digests) for _ in range(3)))
+        pester = threading.Thread(target=stop_and_continue)
+        pester.start()
+        asking.start()
+        asking.join(timeout=120)
+        stopping.set()
+        pester.join()
+        if asking.is_alive():  # waiting for the rest of a torn reply, which never comes
+            rendering.workers[0].process.kill()
+            asking.join()
+            pytest.fail("a reply never arrived whole")
+        assert rendering.workers[0].dead is None  # every reply arrived whole
+    assert [_comparable(g) for g in got] == [expected] * 3
 
 
 @pytest.mark.parametrize("broken", ["{% if %}", "{{ nothing_here.at_all }}"])
