@@ -12,6 +12,7 @@ import bisect
 import gc
 import hashlib
 import itertools
+import json
 import logging
 import operator
 import os
@@ -684,30 +685,58 @@ def _rank(match: Match) -> tuple[int, float, int]:
 # --- outbox: digests as stored rows and back ----------------------------------------------------
 
 
-def _delivery(settings: Settings, digest: Digest) -> NewDelivery:
+def _delivery(settings: Settings, digest: Digest, specs: _Specs | None = None) -> NewDelivery:
     give_up = settings.smtp.give_up_after if settings.smtp else timedelta(days=2)
-    spec = {
-        "name": digest.name,
-        "topics": list(digest.topics),
-        "sections": [
-            {
-                "topic": s.topic,
-                "title": s.title,
-                "more": s.more,
-                "entries": [[m.entry.id, m.score, list(m.hits)] for m in s.matches],
-            }
-            for s in digest.sections
-        ],
-    }
+    spec, shown, hidden = (specs or _Specs()).of(digest)
     return NewDelivery(
         subscriber=digest.subscriber,
         message_id=digest.message_id,
         created_at=digest.created_at,
         deliver_until=digest.created_at + give_up,
-        shown=tuple(m.entry.id for s in digest.sections for m in s.matches),
-        hidden=tuple(eid for s in digest.sections for eid in s.cut),
+        shown=shown,
+        hidden=hidden,
         spec=spec,
     )
+
+
+class _Specs:
+    """The outbox form of digests: a spec (JSON, read back by :func:`digest_from_row`) and
+    the entry ids shown and only counted. Planning shares sections and matches between
+    digests (a 2,000-digest send holds 230 distinct matches), so each is encoded once."""
+
+    BOUND = 4096  # (cached objects per kind; most sharing is between digests planned together)
+
+    def __init__(self) -> None:
+        # id(object) -> (the object, kept so that its id is not reused; its encoding)
+        self.sections: dict[int, tuple[Section, str, tuple[int, ...]]] = {}
+        self.matches: dict[int, tuple[Match, str]] = {}
+
+    def of(self, digest: Digest) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+        parts = [self._section(s) for s in digest.sections]
+        head = json.dumps({"name": digest.name, "topics": list(digest.topics)})
+        spec = f'{head[:-1]}, "sections": [{", ".join(p[1] for p in parts)}]}}'
+        shown = tuple(itertools.chain.from_iterable(p[2] for p in parts))
+        return spec, shown, tuple(itertools.chain.from_iterable(s.cut for s in digest.sections))
+
+    def _section(self, section: Section) -> tuple[Section, str, tuple[int, ...]]:
+        known = self.sections.get(id(section))
+        if known is None:
+            if len(self.sections) >= self.BOUND:
+                self.sections.clear()
+            head = json.dumps({"topic": section.topic, "title": section.title, "more": section.more})
+            entries = ", ".join(self._match(m) for m in section.matches)
+            text = f'{head[:-1]}, "entries": [{entries}]}}'
+            known = self.sections[id(section)] = (section, text, tuple(m.entry.id for m in section.matches))
+        return known
+
+    def _match(self, match: Match) -> str:
+        known = self.matches.get(id(match))
+        if known is None:
+            if len(self.matches) >= self.BOUND:
+                self.matches.clear()
+            text = json.dumps([match.entry.id, match.score, list(match.hits)])
+            known = self.matches[id(match)] = (match, text)
+        return known[1]
 
 
 def digest_from_row(row: OutboxRow, spec: dict[str, Any], entries: dict[int, Entry]) -> Digest:
@@ -908,6 +937,7 @@ class Planned:
         self.settings, self.store, self.report = settings, store, report
         self.digests = {d.message_id: d for d in digests}
         self.waiting = deque(digests[i : i + ENQUEUE_BATCH] for i in range(0, len(digests), ENQUEUE_BATCH))
+        self.specs = _Specs()
 
     @property
     def uncommitted(self) -> int:
@@ -919,7 +949,7 @@ class Planned:
             return False
         chunk = self.waiting.popleft()
         with self.report.timed("  enqueue"):
-            self.store.enqueue([_delivery(self.settings, d) for d in chunk])
+            self.store.enqueue([_delivery(self.settings, d, self.specs) for d in chunk])
         return True
 
 

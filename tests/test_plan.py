@@ -130,7 +130,7 @@ def test_taken_entries_reads_back_what_was_enqueued(tmp_path: Path) -> None:
                     T0 + timedelta(days=1),
                     tuple(sorted(got))[:10],
                     tuple(sorted(got))[10:],
-                    {},
+                    "{}",
                 )
                 for n, (email, got) in enumerate(taken.items())
             ]
