@@ -175,10 +175,36 @@ def quoted_printable(text: str) -> bytes:
         encoded = cache.get(line)
         if encoded is None:
             qp = binascii.b2a_qp(line.encode("utf-8"), istext=False, header=False)
-            encoded = cache[line] = qp.replace(b"=\n", b"=\r\n")  # soft line breaks
+            encoded = cache[line] = _soft_breaks(qp)
             _qp_size["lines"] += len(encoded) + len(line)
         out.append(encoded)
     return CRLF.join(out)
+
+
+def _soft_breaks(qp: bytes) -> bytes:
+    """One line's encoding by binascii, with CRLF soft breaks, and cut anew where a line
+    would start with "." (written "=2E" instead): so no line of a digest starts with a dot,
+    and SMTP's dot-stuffing (RFC 5321 4.5.2) need not copy each 70 KB message again."""
+    if not qp.startswith(b".") and b"\n." not in qp:
+        return qp.replace(b"=\n", b"=\r\n")
+    flat = qp.replace(b"=\n", b"")
+    lines = []
+    start, end = 0, len(flat)
+    while True:
+        head = b""
+        if flat.startswith(b".", start):
+            head, start = b"=2E", start + 1
+        room = 76 - len(head)
+        if end - start <= room:
+            lines.append(head + flat[start:])
+            return b"\r\n".join(lines)
+        cut = start + room - 1  # (and the "=" of the soft break)
+        if flat[cut - 1] == ord("="):  # never split an "=XX" escape
+            cut -= 1
+        elif flat[cut - 2] == ord("="):
+            cut -= 2
+        lines.append(head + flat[start:cut] + b"=")
+        start = cut
 
 
 def _encoded_parts(parts: tuple[str, ...], whole: str) -> bytes:

@@ -27,7 +27,8 @@ from conftest import SmtpHandler, SmtpServer, body_text, free_port, smtp_section
 
 from pipeline import run
 from pipeline.config import load_settings
-from pipeline.deliver import is_transient
+from pipeline.deliver import SmtpTransport, is_transient
+from pipeline.models import OutgoingMessage
 from pipeline.store import Store, utcnow
 
 FEED = """<?xml version="1.0" encoding="UTF-8"?>
@@ -618,6 +619,25 @@ def test_pipelined_and_plain_transactions_deliver_the_same_bytes(
     assert set(sent) == {"user0@example.org", "user1@example.org"}
     for message in sent.values():
         assert ".hidden line" in body_text(message) or ". hidden line" in body_text(message)
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_lines_starting_with_a_dot_survive_either_transaction(
+    tmp_path: Path, smtp_server: SmtpServer, pipelining: bool
+) -> None:
+    # compose writes no such line (it encodes the dot), but the transport takes any message.
+    smtp_server.handler.pipelining = pipelining
+    settings = load_settings(many(tmp_path, 1, smtp_section(smtp_server)))
+    assert settings.smtp is not None
+    body = ".first\r\nmiddle\r\n..two\r\n.\r\n.end"  # (a lone dot would end the data)
+    data = f"From: a@example.org\r\nTo: b@example.org\r\nSubject: dots\r\n\r\n{body}".encode()
+    transport = SmtpTransport(settings.smtp)
+    try:
+        transport.send(OutgoingMessage("a@example.org", "b@example.org", "<dots@x>", data, crlf=True))
+    finally:
+        transport.close()
+    (message,) = smtp_server.handler.messages
+    assert message.get_payload().replace("\r\n", "\n").rstrip("\n") == body.replace("\r\n", "\n")
 
 
 def test_a_refused_sender_in_a_pipelined_transaction_is_classified_and_the_next_goes_through(
