@@ -1013,16 +1013,19 @@ class _Delivery:
             )
         with self.report.timed("  claim"):
             digests = self._digests(rows)
-        with self.report.timed("  render"):
-            messages = self.rendering.messages(digests)
-        for row, digest, message in zip(rows, digests, messages, strict=True):
-            if isinstance(message, RenderError):
-                self.store.mark_failed(row.id, str(message))
-                log.error("digest to=%s failed=%r", row.subscriber, str(message))
-                self._report(Outcome(row.subscriber, digest.entry_count, "failed", str(message)))
-                continue
-            self.held[row.id] = (row, digest.entry_count)
-            self.dispatcher.submit(row.id, message)
+        step = self.rendering.step or len(rows)  # (each message goes as soon as it is rendered)
+        for start in range(0, len(rows), step):
+            part = slice(start, start + step)
+            with self.report.timed("  render"):
+                messages = self.rendering.messages(digests[part])
+            for row, digest, message in zip(rows[part], digests[part], messages, strict=True):
+                if isinstance(message, RenderError):
+                    self.store.mark_failed(row.id, str(message))
+                    log.error("digest to=%s failed=%r", row.subscriber, str(message))
+                    self._report(Outcome(row.subscriber, digest.entry_count, "failed", str(message)))
+                    continue
+                self.held[row.id] = (row, digest.entry_count)
+                self.dispatcher.submit(row.id, message)
         # Record whatever already finished, so memory and leases stay bounded.
         self._record(self.dispatcher.results(timeout=0))
         return True

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # imported where used: a large send renders in its helpers, n
 log = logging.getLogger("digest")
 
 BATCH = 50  # digests per request: small enough that the first messages come back quickly
+FIRST_BATCH = 10  # the first request of a run: it brings most entries, which cost the most
 AHEAD = 4 * BATCH  # per helper, rendered before they are asked for (~70 KB each, held here)
 MIN_SUBSCRIBERS = 300  # below this a helper's start (~0.6 s of CPU) costs more than it saves
 MAX_WORKERS = 4
@@ -115,6 +116,7 @@ class Rendering:
         self.ahead_ids: set[str] = set()
         self.given: dict[str, tuple[Future[Any], int]] = {}  # message id -> (reply, index in it)
         self.limit = AHEAD * max(1, len(self.workers))
+        self.batch = FIRST_BATCH
         self.said: set[str] = set()  # warnings already logged (each helper would repeat them)
 
     def plan(self, digests: Iterable[Digest]) -> None:
@@ -145,6 +147,12 @@ class Rendering:
         self._top_up()
         return [r for r in results if r is not None]
 
+    @property
+    def step(self) -> int | None:
+        """How many digests to ask for at a time: helpers answer a batch at a time, so ask
+        for few and send each as it comes; None: any number (rendered here, all at once)."""
+        return FIRST_BATCH if self._live() else None
+
     def close(self) -> None:
         for worker in self.workers:
             worker.close()
@@ -168,7 +176,8 @@ class Rendering:
 
     def _give_next(self) -> None:
         batch: list[Digest] = []
-        while self.ahead and len(batch) < BATCH:
+        size, self.batch = self.batch, BATCH
+        while self.ahead and len(batch) < size:
             digest = self.ahead.popleft()
             if digest.message_id in self.ahead_ids:
                 self.ahead_ids.discard(digest.message_id)
