@@ -956,7 +956,7 @@ class Planned:
 class _Delivery:
     """One run of the outbox: keeps at most a window of claimed rows in flight."""
 
-    WINDOW = 2 * CLAIM_BATCH
+    WINDOW = CLAIM_BATCH  # rows in flight beyond the claim at hand (each a ~70 KB message)
 
     def __init__(
         self,
@@ -1037,8 +1037,9 @@ class _Delivery:
         specs = self.store.specs(row.id for row in stored) if stored else {}
         wanted = {eid for spec in specs.values() for s in spec["sections"] for eid, _, _ in s["entries"]}
         self.entries.update(self.store.entries_by_id(wanted - self.entries.keys()))
+        # (popped: memory; a digest claimed again after a failure is rebuilt, the same)
         return [
-            planned.get(row.message_id) or digest_from_row(row, specs[row.id], self.entries)
+            planned.pop(row.message_id, None) or digest_from_row(row, specs[row.id], self.entries)
             for row in rows
         ]
 

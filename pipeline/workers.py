@@ -38,7 +38,7 @@ log = logging.getLogger("digest")
 
 BATCH = 50  # digests per request: small enough that the first messages come back quickly
 FIRST_BATCH = 10  # the first request of a run: it brings most entries, which cost the most
-AHEAD = 4 * BATCH  # per helper, rendered before they are asked for (~70 KB each, held here)
+AHEAD = 2 * BATCH  # per helper, rendered before they are asked for (~70 KB each, held here)
 MIN_SUBSCRIBERS = 300  # below this a helper's start (~0.6 s of CPU) costs more than it saves
 MAX_WORKERS = 4
 
