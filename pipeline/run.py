@@ -1039,7 +1039,9 @@ class _Delivery:
         self.entries.update(self.store.entries_by_id(wanted - self.entries.keys()))
         # (popped: memory; a digest claimed again after a failure is rebuilt, the same)
         return [
-            planned.pop(row.message_id, None) or digest_from_row(row, specs[row.id], self.entries)
+            planned.pop(row.message_id)
+            if row.message_id in planned
+            else digest_from_row(row, specs[row.id], self.entries)
             for row in rows
         ]
 
