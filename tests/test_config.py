@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import Result
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from pipeline.config import cron_day_of_week, load_settings, parse_duration, parse_schedule
+from pipeline.config import _email, cron_day_of_week, load_settings, parse_duration, parse_schedule
 from pipeline.errors import ConfigError
 
 GOOD = """
@@ -249,3 +253,42 @@ def test_schedules(text: str, kind: str) -> None:
 def test_cron_day_of_week_follows_crontab(field: str, days: str) -> None:
     # crontab(5): 0 and 7 are Sunday; APScheduler 3.x would read 0 as Monday.
     assert cron_day_of_week(field) == days
+
+
+_LOCAL = st.text(alphabet="abcXYZ09._%+-!#'\"@ é", min_size=0, max_size=70)
+_DOMAIN = st.sampled_from(
+    [
+        "example.org",
+        "EXAMPLE.org",
+        "xn--bcher-kva.example",
+        "bücher.example",
+        "a..b",
+        "-x.org",
+        "localhost",
+        "x.test",
+        "[127.0.0.1]",
+        "",
+        "a" * 250 + ".org",
+        "exa mple.org",
+        "example.invalid",
+        "ex_ample.org",
+    ]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_LOCAL, _DOMAIN)
+@example("a" * 64, ".".join(["b" * 61] * 3) + ".orgx")  # an address too long (255)
+@example("postmaster", "EXAMPLE.org")
+def test_an_address_is_taken_exactly_as_email_validator_takes_it(local: str, domain: str) -> None:
+    # Plain addresses reuse their domain's check (validated once): same result, same errors.
+    address = f"{local}@{domain}"
+    try:
+        expected = validate_email(
+            address, check_deliverability=False, globally_deliverable=False, test_environment=True
+        ).normalized
+    except EmailNotValidError as exc:
+        with pytest.raises(ValueError, match=re.escape(str(exc))):
+            _email(address)
+    else:
+        assert _email(address) == expected
