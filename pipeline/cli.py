@@ -12,19 +12,16 @@ import gc
 import logging
 import signal
 import sys
-import tempfile
 import threading
-import webbrowser
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
@@ -34,6 +31,9 @@ from .errors import ConfigError, DigestError, MatchError
 from .match import Explanation, TermCheck
 from .models import Entry
 from .store import Store
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 F = TypeVar("F", bound=Callable[..., Any])
 LIST_LIMIT = 20  # beyond this many digests, `send` lists only the ones that were not sent
@@ -283,6 +283,8 @@ class _ProgressBar:
 
     def start(self, total: int) -> None:
         if total > 5 and out.is_terminal:
+            from rich.progress import MofNCompleteColumn, Progress  # (only on a terminal)
+
             self.bar = Progress(
                 *Progress.get_default_columns(), MofNCompleteColumn(), console=err, transient=True
             )
@@ -341,6 +343,8 @@ def preview(
     with ctx.store(settings) as store:
         digest, rendered = run.preview(settings, store, email, fetch=not no_fetch)
     if output is None:
+        import tempfile
+
         with tempfile.NamedTemporaryFile(prefix="digest-preview-", suffix=".html", delete=False) as handle:
             output = Path(handle.name)
     output.write_text(rendered.html, encoding="utf-8")
@@ -350,6 +354,8 @@ def preview(
     out.print(f"{digest.entry_count} entries ({digest.more_count} more not shown)", markup=False)
     out.print(str(output.resolve()), markup=False)
     if open_browser:
+        import webbrowser
+
         url = output.resolve().as_uri()
         if not webbrowser.open(url):  # $BROWSER, else the desktop's default browser
             err.print(f"could not start a web browser: open {url} yourself", markup=False)

@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .alert import feed_alert
 from .compose import message_id
 from .config import Settings, SubscriberConfig, key_line
 from .deliver import Attempted, Dispatcher, Transport, transport_factory
@@ -370,6 +369,8 @@ def send_feed_alerts(settings: Settings, store: Store, feeds: Iterable[str], *, 
             due.append((state, False))
     if not due:
         return 0
+    from .alert import feed_alert  # (here: most runs send no alert, and it imports the email package)
+
     sent = 0
     make_transport = transport_factory(settings)
     transport: Transport | None = None
