@@ -159,7 +159,7 @@ class ParserProcess:
             os.set_blocking(self.process.stdin.fileno(), False)
         return self.process
 
-    def _write(self, data: bytes, deadline: float) -> None:
+    def _write(self, data: memoryview, deadline: float) -> None:
         # A single write to a pipe can be cut short (by a signal, or a full pipe buffer): loop,
         # and never block past the deadline on a helper that stopped reading.
         process = self._running()
