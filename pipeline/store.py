@@ -768,11 +768,11 @@ class Store:
             # costs three times the inserts themselves (10^5 taken rows, JSON specs).
             mark = _mark(conn)
             when = _bind(conn, deliveries_table.c.created_at)
-            spec = mark if conn.dialect.name == "sqlite" else f"CAST({mark} AS JSON)"
+            json_mark = mark if conn.dialect.name == "sqlite" else f"CAST({mark} AS JSON)"
             conn.exec_driver_sql(
                 "INSERT INTO deliveries (subscriber, message_id, created_at, state, attempts, "
                 "next_attempt_at, deliver_until, spec, cut) "
-                f"VALUES ({mark}, {mark}, {mark}, {mark}, 0, {mark}, {mark}, {spec}, {mark})",
+                f"VALUES ({mark}, {mark}, {mark}, {mark}, 0, {mark}, {mark}, {json_mark}, {mark})",
                 [
                     (
                         d.subscriber,

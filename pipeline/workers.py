@@ -78,7 +78,7 @@ def unsubscribe_links(settings: Settings, email: str) -> list[str]:
 def worker_count(settings: Settings, subscribers: int) -> int:
     """How many render helpers a send to ``subscribers`` people should start.
 
-    None for a small send (``digest run`` sends to one subscriber at a time); else
+    None (0) for a small send (``digest run`` sends to one subscriber at a time); else
     ``[digest] render_workers``, by default one per core beyond this process's.
     """
     if subscribers < MIN_SUBSCRIBERS:
