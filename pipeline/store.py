@@ -24,7 +24,9 @@ import hashlib
 import json
 import os
 import socket
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1289,21 +1291,41 @@ def _bind(conn: Connection, column: Column[Any]) -> Callable[[Any], Any]:
     return processor if processor is not None else lambda value: value
 
 
+_BUSY_SECONDS = 30  # how long a connection waits for another's write to finish
+
+
+def _wal(cursor: sqlite3.Cursor) -> None:
+    """Switch the database to write-ahead logging (a no-op once it is).
+
+    Two connections switching a new file at once can deadlock on its locks; SQLite then answers
+    "database is locked" at once, without waiting in the busy handler, so the loser tries again.
+    """
+    deadline = time.monotonic() + _BUSY_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": _BUSY_SECONDS})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             # Take transaction control from the driver so BEGIN IMMEDIATE and SAVEPOINT work.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _wal(cursor)
             cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={_BUSY_SECONDS * 1000}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
