@@ -295,4 +295,5 @@ def compose_message(
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]
     )
-    return OutgoingMessage(sender_addr, recipient, digest.message_id, data, crlf=True)  # (by construction)
+    # (both by construction: lines are cut and quoted-printable encoded here, a leading dot as =2E)
+    return OutgoingMessage(sender_addr, recipient, digest.message_id, data, crlf=True, dot_free=True)

@@ -193,8 +193,9 @@ class SmtpTransport:
 
         When the server pipelines (RFC 2920) and the message is known to have CRLF line ends
         (``compose`` makes them so; checking costs two scans of the message), MAIL, RCPT and
-        DATA go in one round trip and the message goes as it is, dot-stuffed with one C-speed
-        replace where a line starts with a dot (compose's lines never do): smtplib's sendmail
+        DATA go in one round trip and the message goes as it is: dot-stuffed with one C-speed
+        replace where a line starts with a dot, unscanned where none is known to (``compose``'s
+        ``dot_free``: scanning 70 KB costs ~70 us, most of this thread's time): smtplib's sendmail
         would wait for each reply and rewrite every line of the message with regular
         expressions, which on a 70 KB digest costs more than the sending itself. Anything else
         takes smtplib's own way.
@@ -223,7 +224,7 @@ class SmtpTransport:
             _reset(conn, start[0])
             raise smtplib.SMTPDataError(*start)
         body = data
-        if data.startswith(b".") or b"\r\n." in data:  # (compose's messages have no such line)
+        if not message.dot_free and (data.startswith(b".") or b"\r\n." in data):
             body = (b"." + data if data.startswith(b".") else data).replace(b"\r\n.", b"\r\n..")
         conn.send(body + (b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
         code, reply = conn.getreply()

@@ -140,3 +140,4 @@ class OutgoingMessage:
     message_id: str
     data: bytes
     crlf: bool = False  # every line of data ends with CRLF, none with a bare CR or LF
+    dot_free: bool = False  # no line of data starts with "." (SMTP needs no dot-stuffing)
