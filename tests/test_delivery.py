@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -482,7 +483,8 @@ def test_senders_opening_a_new_database_at_once_all_get_in(tmp_path: Path) -> No
         for thread in threads:
             thread.join()
     assert failures == []
-    assert sqlite3.connect(tmp_path / "0" / "digest.db").execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    with closing(sqlite3.connect(tmp_path / "0" / "digest.db")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
