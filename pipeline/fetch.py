@@ -220,11 +220,20 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
     """httpx's default transport, rebuilt on public APIs with our network backend underneath."""
 
     def __init__(self, network: Network, *, allow_private: bool, concurrency: int) -> None:
-        self.pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=max(10, concurrency),
-            network_backend=_GuardedBackend(network, allow_private=allow_private),
-        )
+        self.backend = _GuardedBackend(network, allow_private=allow_private)
+        self.max_connections = max(10, concurrency)
+        self.pools: dict[bool, httpcore.AsyncConnectionPool] = {}  # by "is https"
+
+    def _pool(self, secure: bool) -> httpcore.AsyncConnectionPool:
+        # One pool per scheme: the certificate store costs ~20 ms to load, for https only.
+        pool = self.pools.get(secure)
+        if pool is None:
+            pool = self.pools[secure] = httpcore.AsyncConnectionPool(
+                ssl_context=httpx.create_ssl_context(trust_env=False) if secure else None,
+                max_connections=self.max_connections,
+                network_backend=self.backend,
+            )
+        return pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.AsyncByteStream)
@@ -241,7 +250,7 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
             extensions=request.extensions,
         )
         try:
-            response = await self.pool.handle_async_request(core)
+            response = await self._pool(request.url.scheme == "https").handle_async_request(core)
         except _HTTPCORE_ERRORS as exc:
             raise _transport_error(exc) from exc
         assert isinstance(response.stream, AsyncIterable)
@@ -253,7 +262,8 @@ class _GuardedTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        for pool in self.pools.values():
+            await pool.aclose()
 
 
 # --- bounded decoding -----------------------------------------------------------------------

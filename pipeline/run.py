@@ -1,8 +1,8 @@
 """The one place that chains the stages; the CLI and the scheduler both call these functions.
 
 ``fetch_all``: config -> fetch -> parse -> store.
-``send``: fetch_all, then store -> match -> plan, then ``deliver_due``: outbox (a transaction
-per few hundred digests) -> render -> compose -> deliver, recording each outcome. A large send
+``send``: fetch_all, then store -> match -> plan -> outbox (a transaction per 500 digests), then
+``deliver_due``: claim -> render -> compose -> deliver, recording each outcome. A large send
 renders and composes in helper processes (``workers``), from the moment its digests are planned.
 """
 
@@ -19,7 +19,6 @@ import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
@@ -853,9 +852,10 @@ def send(
                 )
             return report
 
-        rendering.plan(digests)  # the helpers render from now on
-        planned = Planned(settings, store, report, digests)
+        rendering.plan(digests)  # the helpers render from now on, while the digests are committed
         with _collector_settled():
+            with report.timed("enqueue"):
+                enqueue_digests(settings, store, digests)
             with report.timed("deliver"):
                 deliver_due(
                     settings,
@@ -864,11 +864,9 @@ def send(
                     clock=clock,
                     progress=progress,
                     stop=stop,
-                    planned=planned,
+                    planned={d.message_id: d for d in digests},
                     rendering=rendering,
                 )
-            while planned.commit_next():  # what a stop left: the next send delivers it
-                pass
             store.mark_checked([s.email for s in chosen], now)
     log.info("timings %s", " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()))
     return report
@@ -882,7 +880,7 @@ def deliver_due(
     clock: Clock = utcnow,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
-    planned: Planned | None = None,
+    planned: dict[str, Digest] | None = None,
     rendering: Rendering | None = None,
 ) -> SendReport:
     """Deliver every due outbox row: claim, render, compose, send, record each outcome.
@@ -892,13 +890,12 @@ def deliver_due(
     accepts them; a transient failure puts the row back as pending with exponential backoff
     until ``give_up_after``; a permanent one marks it failed. When ``stop`` is set, the
     messages in flight finish and every other claimed digest goes back to the outbox, due now.
-    ``planned`` are digests this process just planned: it commits them to the outbox as they
-    are reached, and they are not rebuilt from their stored form. ``rendering`` renders them
-    (by default: here).
+    ``planned`` are digests this process just planned and committed, by Message-ID: they are
+    not rebuilt from their stored form. ``rendering`` renders them (by default: here).
     """
     report = report if report is not None else SendReport()
     if progress:
-        progress.start(store.count_due(clock()) + (planned.uncommitted if planned else 0))
+        progress.start(store.count_due(clock()))
     delivery = _Delivery(
         settings,
         store,
@@ -906,7 +903,7 @@ def deliver_due(
         clock,
         progress,
         stop or threading.Event(),
-        planned or Planned(settings, store, report, []),
+        planned or {},
         rendering or Rendering(settings),
     )
     try:
@@ -916,33 +913,16 @@ def deliver_due(
     return report
 
 
-class Planned:
-    """The digests a send planned, committed to the outbox a few hundred at a time (one
-    transaction each) as delivery reaches them.
+def enqueue_digests(settings: Settings, store: Store, digests: Sequence[Digest]) -> None:
+    """Commit digests to the outbox, ``ENQUEUE_BATCH`` to a transaction (~40 ms each).
 
-    Committing every digest before delivering any held up delivery, and with it the render
-    helpers, which work only a little ahead of it: 4 s of a 10,000-subscriber send. A digest
-    is still committed before it can be claimed, let alone sent.
+    All of them before any is delivered: committed as delivery reached them instead, each
+    transaction held the sending up for longer than it took (A/B: 2,000 digests 2.22 -> 2.09 s,
+    10,000 7.10 -> 6.86 s). The render helpers have the digests already and render meanwhile.
     """
-
-    def __init__(self, settings: Settings, store: Store, report: SendReport, digests: list[Digest]) -> None:
-        self.settings, self.store, self.report = settings, store, report
-        self.digests = {d.message_id: d for d in digests}
-        self.waiting = deque(digests[i : i + ENQUEUE_BATCH] for i in range(0, len(digests), ENQUEUE_BATCH))
-        self.specs = _Specs()
-
-    @property
-    def uncommitted(self) -> int:
-        return sum(len(chunk) for chunk in self.waiting)
-
-    def commit_next(self) -> bool:
-        """Commit the next few hundred digests; False when all are."""
-        if not self.waiting:
-            return False
-        chunk = self.waiting.popleft()
-        with self.report.timed("  enqueue"):
-            self.store.enqueue([_delivery(self.settings, d, self.specs) for d in chunk])
-        return True
+    specs = _Specs()
+    for start in range(0, len(digests), ENQUEUE_BATCH):
+        store.enqueue([_delivery(settings, d, specs) for d in digests[start : start + ENQUEUE_BATCH]])
 
 
 class _Delivery:
@@ -958,7 +938,7 @@ class _Delivery:
         clock: Clock,
         progress: Progress | None,
         stop: threading.Event,
-        planned: Planned,
+        planned: dict[str, Digest],
         rendering: Rendering,
     ) -> None:
         self.settings, self.store, self.report, self.clock = settings, store, report, clock
@@ -980,7 +960,7 @@ class _Delivery:
                     self.dispatcher.abandon(INTERRUPTED)
             room = len(self.held) < self.WINDOW and not (self.dispatcher and self.dispatcher.unreachable)
             if not exhausted and room:
-                exhausted = not self._claim_batch() and not self.planned.commit_next()
+                exhausted = not self._claim_batch()
                 continue
             if not self.held:
                 return
@@ -1024,7 +1004,7 @@ class _Delivery:
 
     def _digests(self, rows: list[OutboxRow]) -> list[Digest]:
         """The digests these rows hold: as planned by this run, else rebuilt from the outbox."""
-        planned = self.planned.digests
+        planned = self.planned
         stored = [row for row in rows if row.message_id not in planned]
         specs = self.store.specs(row.id for row in stored) if stored else {}
         wanted = {eid for spec in specs.values() for s in spec["sections"] for eid, _, _ in s["entries"]}

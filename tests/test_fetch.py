@@ -9,14 +9,19 @@ boundary (every connection goes to 127.0.0.1), and digest's address policy runs 
 from __future__ import annotations
 
 import gzip
+import http.server
+import ssl
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import DATA, FeedServer, LoopbackBackend, fake_network
+import trustme
+from conftest import DATA, FeedHandler, FeedServer, LoopbackBackend, fake_network
 
 from pipeline import __version__
 from pipeline.errors import FetchError
@@ -218,6 +223,38 @@ def test_a_temporary_redirect_in_the_chain_keeps_the_feed_where_it_was(feed_serv
     to_permanent = quote("/redirect/301?to=/arxiv-cs.xml", safe="")
     result = ok(fetch(feed_server.url(f"redirect/302?to={to_permanent}")))
     assert result.permanent_url is None
+
+
+@pytest.fixture
+def untrusted_https(feed_server: FeedServer) -> Iterator[str]:
+    """The feed server's files over HTTPS, with a certificate from a CA digest does not trust."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FeedHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.directory = str(feed_server.directory)  # type: ignore[attr-defined]
+    server.requests = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_certificates_are_verified_also_after_a_redirect_from_http(
+    feed_server: FeedServer, untrusted_https: str
+) -> None:
+    secure = f"{untrusted_https}/arxiv-cs.xml"
+    for url in (secure, feed_server.url(f"redirect/302?to={quote(secure, safe='')}")):
+        error = failed(fetch(url))
+        assert "CERTIFICATE_VERIFY_FAILED" in str(error), str(error)
+    # In one run, plain http next to https: each scheme has its own connection pool.
+    requests = [FetchRequest("plain", feed_server.url("arxiv-cs.xml")), FetchRequest("secure", secure)]
+    outcomes = dict(fetch_feeds(requests, timeout=5, max_bytes=10 * MB, concurrency=4))
+    assert ok(outcomes[requests[0]]).content == (DATA / "arxiv-cs.xml").read_bytes()
+    assert "CERTIFICATE_VERIFY_FAILED" in str(failed(outcomes[requests[1]]))
 
 
 @pytest.mark.parametrize(
