@@ -60,6 +60,7 @@ LEASE = timedelta(minutes=10)
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
 CLAIM_BATCH = 50
+SENT_COMMITS_APART = 0.002  # seconds: rows accepted within this share one commit (one fsync)
 ENQUEUE_BATCH = 500
 INTERRUPTED = "interrupted before sending"
 
@@ -1069,8 +1070,10 @@ class SentRecorder:
     """Marks rows sent as soon as the server accepts them, in group commits.
 
     Called from the sending threads, so the time between a server's 250 and our record of it
-    (the only window in which a crash causes a re-send) is one commit, whatever the main
-    thread is busy with; rows accepted meanwhile share that commit.
+    (the only window in which a crash causes a re-send) is at most ``SENT_COMMITS_APART`` and
+    one commit, whatever the main thread is busy with; rows accepted meanwhile share that
+    commit. A commit per message or two (each an fsync) cost ~0.1 s of a 2,000-digest send:
+    commits at least 2 ms apart took it to 2.06 s from 2.15 (A/B medians of 8).
     """
 
     def __init__(self, store: Store, clock: Clock) -> None:
@@ -1083,9 +1086,13 @@ class SentRecorder:
         self.queue.put(row_id)
 
     def _run(self) -> None:
-        closing = False
+        closing, last = False, 0.0
         while not closing:
             batch = [self.queue.get()]
+            wait = last + SENT_COMMITS_APART - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            last = time.monotonic()
             while not self.queue.empty():
                 batch.append(self.queue.get())
             closing = None in batch

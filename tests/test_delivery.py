@@ -6,6 +6,7 @@ conftest.SmtpHandler) and keeps state in a real SQLite file.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sqlite3
@@ -26,12 +27,13 @@ import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import Result
 from conftest import SmtpHandler, SmtpServer, body_text, free_port, smtp_section, start_smtp
+from sqlalchemy import event
 
 from pipeline import run
 from pipeline.config import load_settings
 from pipeline.deliver import SmtpTransport, is_transient
 from pipeline.models import OutgoingMessage
-from pipeline.store import Store, utcnow
+from pipeline.store import NewDelivery, Store, owner_id, utcnow
 
 FEED = """<?xml version="1.0" encoding="UTF-8"?>
 <rss version="2.0"><channel><title>One paper</title><link>https://example.org/</link>
@@ -485,6 +487,35 @@ def test_senders_opening_a_new_database_at_once_all_get_in(tmp_path: Path) -> No
     assert failures == []
     with closing(sqlite3.connect(tmp_path / "0" / "digest.db")) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_rows_accepted_close_together_share_a_commit_and_none_is_lost(tmp_path: Path) -> None:
+    with Store(f"sqlite:///{tmp_path}/state.db") as store:
+        now = utcnow()
+        store.enqueue(
+            [
+                NewDelivery(f"u{i}@example.org", f"<{i}@test>", now, now + timedelta(days=1), (), (), "{}")
+                for i in range(300)
+            ]
+        )
+        claimed = store.claim(now, lease=timedelta(minutes=5), owner=owner_id(), limit=300)
+        begun: list[float] = []
+
+        def began(conn: Any) -> None:
+            begun.append(time.monotonic())
+
+        event.listen(store.engine, "begin", began)
+        recorder = run.SentRecorder(store, utcnow)
+        for row in claimed:
+            recorder.add(row.id)
+            time.sleep(0.0002)  # a fast server: a 250 every 0.2 ms or so
+        recorder.close()
+        event.remove(store.engine, "begin", began)
+        assert store.delivery_counts() == {"sent": 300}
+    # One commit (one fsync) per 2 ms at most, not one per message or two.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(begun)]
+    assert 1 < len(begun) < 150
+    assert min(gaps) >= run.SENT_COMMITS_APART * 0.9
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
