@@ -518,6 +518,37 @@ def test_rows_accepted_close_together_share_a_commit_and_none_is_lost(tmp_path: 
     assert min(gaps) >= run.SENT_COMMITS_APART * 0.9
 
 
+def test_a_claim_walks_an_index_and_stops_at_its_limit(tmp_path: Path) -> None:
+    # Collecting and sorting every due row at each claim made a send's claims cost more the
+    # larger the send (quadratic in all).
+    with Store(f"sqlite:///{tmp_path}/state.db") as store:
+        now = utcnow()
+        store.enqueue(
+            [
+                NewDelivery(f"u{i}@example.org", f"<{i}@test>", now, now + timedelta(days=1), (), (), "{}")
+                for i in range(100)
+            ]
+        )
+        selects: list[tuple[str, Any]] = []
+
+        def executed(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            if statement.startswith("SELECT"):
+                selects.append((statement, parameters))
+
+        event.listen(store.engine, "before_cursor_execute", executed)
+        assert len(store.claim(now, lease=timedelta(minutes=5), owner=owner_id(), limit=10)) == 10
+        event.remove(store.engine, "before_cursor_execute", executed)
+        with store.engine.connect() as conn:
+            plans = {
+                statement: " / ".join(
+                    row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+                )
+                for statement, parameters in selects
+            }
+    (pending,) = [plan for statement, plan in plans.items() if "next_attempt_at <=" in statement]
+    assert "USING COVERING INDEX" in pending and "TEMP B-TREE" not in pending and "OR" not in pending, pending
+
+
 def _wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
