@@ -118,6 +118,7 @@ def fetch_all(
     alerts: bool = True,
     clock: Clock = utcnow,
     network: Network | None = None,
+    parser: ParserProcess | None = None,
 ) -> list[FeedReport]:
     """Fetch the configured feeds (or the named ones), store new entries, report per feed.
 
@@ -127,6 +128,7 @@ def fetch_all(
     as such, unless ``force``. Then old entries are pruned and, when ``alerts`` and ``[digest]
     admin`` are set, the admin is told about feeds failing for longer than ``alert_after``
     (once) and about their recovery (once). ``network`` replaces DNS and TCP (tests).
+    ``parser``: a parser the caller started early (and closes), used first.
     """
     store.sync_feeds({f.name: f.url for f in settings.feeds})
     names = set(feeds) if feeds is not None else None
@@ -153,7 +155,8 @@ def fetch_all(
     # The parsers start before the downloads, so that their start (~0.3 s) overlaps them.
     count = min(len(requests), settings.fetch.concurrency, os.cpu_count() or 1)
     with ExitStack() as stack:
-        parsers = [stack.enter_context(ParserProcess()).start() for _ in range(count)]
+        parsers = [parser] if parser is not None and count else []
+        parsers += [stack.enter_context(ParserProcess()).start() for _ in range(count - len(parsers))]
         fetched = fetch_feeds(
             requests,
             timeout=timeout,
@@ -822,12 +825,13 @@ def send(
     clock: Clock = utcnow,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    parser: ParserProcess | None = None,
 ) -> SendReport:
     """Fetch, then build and deliver now the digest of each named (or every) subscriber.
 
-    Every due outbox row is delivered, including digests left pending by earlier runs; new
-    digests are committed to the outbox as delivery reaches them (each before it is sent),
-    and all of them before this returns, even after a ``stop``.
+    Every due outbox row is delivered, including digests left pending by earlier runs; the new
+    digests are all committed to the outbox before the first is sent. ``parser``: a feed
+    parser the caller started early (see ``fetch_all``).
     """
     chosen = select_subscribers(settings, subscribers)
     report = SendReport(dry_run=dry_run)
@@ -835,7 +839,7 @@ def send(
     with closing(Rendering(settings, 0 if dry_run else worker_count(settings, len(chosen)))) as rendering:
         if fetch:
             with report.timed("fetch"):
-                report.feeds = fetch_all(settings, store, clock=clock, alerts=not dry_run)
+                report.feeds = fetch_all(settings, store, clock=clock, alerts=not dry_run, parser=parser)
         now = clock()
         with report.timed("plan"):
             digests = plan_digests(settings, store, chosen, now)
