@@ -24,6 +24,7 @@ from conftest import DATA, FeedServer, SmtpServer, body_text, fake_network, smtp
 from pipeline import run
 from pipeline.config import Settings, load_settings
 from pipeline.errors import StoreError
+from pipeline.parse import ParserProcess
 from pipeline.store import SCHEMA_VERSION, Store
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -271,6 +272,22 @@ def test_a_page_that_is_not_a_feed_fails_alone_and_a_truncated_feed_is_used(
 
 
 # --- failures, backoff, recovery --------------------------------------------------------------
+
+
+def test_a_parser_started_early_parses_and_stops_with_the_fetch(
+    configure: Callable[..., Path], feed_server: FeedServer
+) -> None:
+    # `digest send` starts one before its imports; a helper that parsed a large feed holds
+    # ~25 MB, which must not stay for the rest of the send.
+    config = configure({"arxiv": serve(feed_server, "arxiv-cs.xml")})
+    with opened(config) as (settings, store), ParserProcess() as parser:
+        early = parser.start().process
+        assert early is not None
+        (report,) = run.fetch_all(settings, store, parser=parser)
+        assert report.result == "new" and report.new > 0
+        assert parser.process is None and early.poll() is not None  # stopped with the fetch
+        (again,) = run.fetch_all(settings, store, parser=parser, force=True)  # idle, still stopped
+        assert again.result == "not-modified" and parser.process is None
 
 
 def test_failures_back_off_and_polling_resumes_by_itself(

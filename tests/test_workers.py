@@ -61,6 +61,7 @@ def test_helpers_render_exactly_what_this_process_renders(tmp_path: Path) -> Non
 
 def _retitled(digest: Digest) -> Digest:
     """The digest with every entry a new object of the same id and a changed title."""
+
     def retitled(m: Match) -> Match:
         return replace(m, entry=replace(m.entry, title=f"{m.entry.title} (v2)"))
 
