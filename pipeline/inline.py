@@ -33,6 +33,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cssutils
 import premailer
@@ -75,7 +76,7 @@ def inline_css(document: str) -> str:
     CSS ``width: 100%`` that makes it fluid everywhere else.
     """
     return str(
-        premailer.Premailer(
+        _Premailer(
             document,
             allow_network=False,
             strip_important=False,  # keep !important inside @media so phone/dark overrides win
@@ -85,6 +86,27 @@ def inline_css(document: str) -> str:
             cssutils_logging_level=logging.CRITICAL,
         ).transform(pretty_print=False)
     )
+
+
+class _Premailer(premailer.Premailer):  # type: ignore[misc]
+    """premailer, keeping each stylesheet's rules between calls.
+
+    Every call inlines the same stylesheet; premailer caches its parse, but not the rules it
+    then turns back into text, which took half of each call (~3 ms of ~7). The options that
+    shape the rules are the same in every call (``inline_css``'s), so the rules can be shared.
+    """
+
+    def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list[Any], list[Any]]:
+        key = (css_body, ruleset_index)
+        rules = _STYLE_RULES.get(key)
+        if rules is None:
+            if len(_STYLE_RULES) >= 8:
+                _STYLE_RULES.clear()
+            rules = _STYLE_RULES[key] = super()._parse_style_rules(css_body, ruleset_index)
+        return rules
+
+
+_STYLE_RULES: dict[tuple[str, int], tuple[list[Any], list[Any]]] = {}
 
 
 def piecewise_blockers(document: str) -> list[str]:
