@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -488,15 +488,21 @@ def test_senders_opening_a_new_database_at_once_all_get_in(tmp_path: Path) -> No
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def _outbox(store: Store, rows: int) -> datetime:
+    """``rows`` pending deliveries (without entries) in the outbox; returns their due time."""
+    now = utcnow()
+    store.enqueue(
+        [
+            NewDelivery(f"u{i}@example.org", f"<{i}@test>", now, now + timedelta(days=1), (), (), "{}")
+            for i in range(rows)
+        ]
+    )
+    return now
+
+
 def test_rows_accepted_close_together_share_a_commit_and_none_is_lost(tmp_path: Path) -> None:
     with Store(f"sqlite:///{tmp_path}/state.db") as store:
-        now = utcnow()
-        store.enqueue(
-            [
-                NewDelivery(f"u{i}@example.org", f"<{i}@test>", now, now + timedelta(days=1), (), (), "{}")
-                for i in range(300)
-            ]
-        )
+        now = _outbox(store, 300)
         claimed = store.claim(now, lease=timedelta(minutes=5), owner=owner_id(), limit=300)
         begun: list[float] = []
 
@@ -522,13 +528,7 @@ def test_a_claim_walks_an_index_and_stops_at_its_limit(tmp_path: Path) -> None:
     # Collecting and sorting every due row at each claim made each claim cost more the more
     # digests were due: quadratic over a large send.
     with Store(f"sqlite:///{tmp_path}/state.db") as store:
-        now = utcnow()
-        store.enqueue(
-            [
-                NewDelivery(f"u{i}@example.org", f"<{i}@test>", now, now + timedelta(days=1), (), (), "{}")
-                for i in range(100)
-            ]
-        )
+        now = _outbox(store, 100)
         selects: list[tuple[str, Any]] = []
 
         def executed(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
