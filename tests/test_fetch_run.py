@@ -271,9 +271,6 @@ def test_a_page_that_is_not_a_feed_fails_alone_and_a_truncated_feed_is_used(
     assert re.search(r"papers-arxiv\s+3 new\s+\d+\.\d\ds", result.output), result.output
 
 
-# --- failures, backoff, recovery --------------------------------------------------------------
-
-
 def test_a_parser_started_early_parses_and_stops_with_the_fetch(
     configure: Callable[..., Path], feed_server: FeedServer
 ) -> None:
@@ -288,6 +285,9 @@ def test_a_parser_started_early_parses_and_stops_with_the_fetch(
         assert parser.process is None and early.poll() is not None  # stopped with the fetch
         (again,) = run.fetch_all(settings, store, parser=parser, force=True)  # idle, still stopped
         assert again.result == "not-modified" and parser.process is None
+
+
+# --- failures, backoff, recovery --------------------------------------------------------------
 
 
 def test_failures_back_off_and_polling_resumes_by_itself(
