@@ -34,7 +34,6 @@ from pipeline.config import Settings, parse_settings
 from pipeline.models import Digest, FeedItem
 from pipeline.render import Renderer
 from pipeline.store import Store
-from pipeline.workers import list_id
 
 TOPICS = {
     "snn": ("Spiking neural networks", ["spiking neural network", "neuromorphic"]),
@@ -181,7 +180,7 @@ def main() -> None:
             plan_s = time.perf_counter() - t0
     compose_args = {
         "sender": settings.sender,
-        "list_id": list_id(settings),
+        "list_id": settings.list_id,
         "unsubscribe": ["mailto:digest@localhost.localdomain?subject=unsubscribe"],
     }
     entries = [d.entry_count for d in digests]

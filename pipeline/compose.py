@@ -25,6 +25,7 @@ from email.utils import format_datetime, formataddr, parseaddr
 from functools import lru_cache
 from urllib.parse import quote
 
+from .config import sender_address
 from .models import Digest, OutgoingMessage, RenderedDigest
 from .text import clean_text
 
@@ -42,12 +43,6 @@ _qp_lines: dict[str, bytes] = {}
 _qp_parts: dict[str, bytes] = {}
 _qp_size = {"lines": 0, "parts": 0}
 _URL_SAFE = "!#$%&'()*+,-./:;=?@[]~_"
-
-
-@lru_cache(maxsize=16)  # parseaddr costs ~40 us, and every digest of a run has the same sender
-def sender_address(sender: str) -> str:
-    """The bare address of a ``Name <addr>`` sender."""
-    return parseaddr(sender)[1]
 
 
 def message_id(subscriber: str, entry_ids: list[int], created_at: datetime, sender: str) -> str:

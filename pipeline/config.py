@@ -17,6 +17,7 @@ from datetime import time, timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, ValidatedEmail, validate_email
@@ -409,6 +410,32 @@ class Settings(_Section):
     def sender(self) -> str:
         """The ``From`` header value for every digest."""
         return self.smtp.from_ if self.smtp else self.outbox.from_
+
+    @property
+    def list_id(self) -> str:
+        """The digest's list identifier (RFC 2919): ``Title <slug.sender-domain>``."""
+        domain = sender_address(self.sender).rpartition("@")[2] or "localhost"
+        title = self.digest.title
+        slug = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") or "digest"
+        return f"{title} <{slug}.{domain}>"
+
+    def unsubscribe_url(self, email: str) -> str:
+        """Where a subscriber's unsubscribe link points: the web endpoint, else a mailto."""
+        if self.digest.base_url:
+            return f"{self.digest.base_url.rstrip('/')}/unsubscribe?email={quote(email)}"
+        address = sender_address(self.sender)
+        return f"mailto:{address}?subject={quote('unsubscribe ' + email)}"
+
+    def unsubscribe_links(self, email: str) -> list[str]:
+        """The targets of a digest's List-Unsubscribe header (RFC 2369), web endpoint first."""
+        links = [self.unsubscribe_url(email)] if self.digest.base_url else []
+        return [*links, f"mailto:{sender_address(self.sender)}?subject=unsubscribe"]
+
+
+@functools.lru_cache(maxsize=16)  # parseaddr costs ~40 us, and every digest of a run asks
+def sender_address(sender: str) -> str:
+    """The bare address of a ``Name <addr>`` sender."""
+    return parseaddr(sender)[1]
 
 
 # --- loading ----------------------------------------------------------------------------------

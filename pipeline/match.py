@@ -33,7 +33,7 @@ from functools import lru_cache
 from .config import TopicConfig
 from .errors import MatchError
 from .models import Entry, Match
-from .text import html_to_text
+from .text import strip_html
 
 FIELDS = ("title", "summary", "author", "category", "feed")
 TITLE, SUMMARY, AUTHOR, CATEGORY, FEED = range(len(FIELDS))
@@ -47,7 +47,7 @@ MAX_NESTING = 50  # parentheses and NOTs; deeper queries are refused rather than
 _WORD = re.compile(r"[^\W_](?:[^\W_]|[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f])*")
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 _PREFIX = re.compile(r"([A-Za-z]+):")
-# Tags that end a word: html_to_text drops tags without a trace, which would glue
+# Tags that end a word: strip_html drops tags without a trace, which would glue
 # "...networks</p><p>We..." into one word.
 _BLOCK_TAG = re.compile(
     r"<\s*/?\s*(?:p|br|div|li|ul|ol|dl|dt|dd|h[1-6]|tr|td|th|table|blockquote|pre|hr|section|article"
@@ -121,7 +121,7 @@ def summary_text(summary_html: str) -> str:
     """A summary's searchable text: tags stripped, entities decoded, block tags kept as spaces."""
     if "<" not in summary_html and "&" not in summary_html:
         return summary_html
-    return html_to_text(_BLOCK_TAG.sub(" ", summary_html))
+    return strip_html(_BLOCK_TAG.sub(" ", summary_html))
 
 
 # --- entries -----------------------------------------------------------------------------------

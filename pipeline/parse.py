@@ -46,7 +46,7 @@ from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 from . import helper
 from .errors import ParseError
 from .models import FeedItem, FetchResult, ParsedFeed
-from .text import clean_text, has_control, html_to_text
+from .text import clean_text, has_control, strip_html
 
 _SPACE = re.compile(r"\s+")
 _TRACKING = re.compile(
@@ -278,7 +278,7 @@ def _summary_html(raw: Any) -> str:
 def normalise_title(text: str, *, is_html: bool = False) -> str:
     """A title for one line: tags dropped (when HTML), NFC, no control characters, spaces collapsed."""
     if is_html:
-        text = html_to_text(text)
+        text = strip_html(text)
     return clean_text(unicodedata.normalize("NFC", text))
 
 
@@ -301,7 +301,7 @@ def _title(raw: Any, summary: str) -> str:
     title = normalise_title(
         str(raw.get("title") or ""), is_html=detail.get("type") in ("text/html", "application/xhtml+xml")
     )
-    return title or title_from_text(html_to_text(summary))
+    return title or title_from_text(strip_html(summary))
 
 
 def canonical_link(link: object) -> str | None:

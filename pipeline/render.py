@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import jinja2
 from markupsafe import Markup
@@ -413,7 +413,7 @@ class Renderer:
             "total": digest.entry_count,
             "more": digest.more_count,
             "topics": [clean_text(t) for t in digest.topics],
-            "unsubscribe_url": unsubscribe_url(self.settings, digest.subscriber),
+            "unsubscribe_url": self.settings.unsubscribe_url(digest.subscriber),
             "preheader": "",
             "subject": "",
         }
@@ -863,14 +863,6 @@ def entry_view(entry: Entry, hits: tuple[str, ...], *, summary_words: int, image
         hits=tuple(clean_text(h) for h in hits),
         shortened=shortened,
     )
-
-
-def unsubscribe_url(settings: Settings, email: str) -> str:
-    """Where the footer's unsubscribe link points: the web endpoint or a mailto."""
-    if settings.digest.base_url:
-        return f"{settings.digest.base_url.rstrip('/')}/unsubscribe?email={quote(email)}"
-    address = settings.sender.rsplit("<", 1)[-1].rstrip(">").strip()
-    return f"mailto:{address}?subject={quote('unsubscribe ' + email)}"
 
 
 # --- text ---------------------------------------------------------------------------------------

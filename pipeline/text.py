@@ -21,6 +21,6 @@ def has_control(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 
-def html_to_text(fragment: str) -> str:
+def strip_html(fragment: str) -> str:
     """The text of an HTML fragment: tags dropped (script and style with their content), entities decoded."""
     return html.unescape(nh3.clean(fragment, tags=set(), clean_content_tags={"script", "style"}))

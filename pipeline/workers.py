@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import helper
-from .compose import compose_message, sender_address
+from .compose import compose_message
 from .config import Settings
 from .errors import RenderError
 from .models import Digest, Entry, Match, OutgoingMessage, Section
@@ -53,27 +53,10 @@ def build_message(settings: Settings, renderer: Renderer, digest: Digest) -> Out
         digest,
         rendered,
         sender=settings.sender,
-        list_id=list_id(settings),
-        unsubscribe=unsubscribe_links(settings, digest.subscriber),
+        list_id=settings.list_id,
+        unsubscribe=settings.unsubscribe_links(digest.subscriber),
         one_click=bool(settings.digest.base_url),
     )
-
-
-def list_id(settings: Settings) -> str:
-    domain = sender_address(settings.sender).rpartition("@")[2] or "localhost"
-    slug = "".join(c if c.isalnum() else "-" for c in settings.digest.title.lower()).strip("-") or "digest"
-    return f"{settings.digest.title} <{slug}.{domain}>"
-
-
-def unsubscribe_links(settings: Settings, email: str) -> list[str]:
-    from .render import unsubscribe_url
-
-    links = []
-    if settings.digest.base_url:
-        links.append(unsubscribe_url(settings, email))
-    address = sender_address(settings.sender)
-    links.append(f"mailto:{address}?subject=unsubscribe")
-    return links
 
 
 def worker_count(settings: Settings, subscribers: int) -> int:
