@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline import run
+from pipeline import plan, run
 from pipeline.config import Settings, parse_settings
 from pipeline.match import compile_topics, index_entries, match_topics
 from pipeline.models import FeedItem
@@ -449,7 +449,7 @@ def main() -> None:
             # A share of the subscribers got a digest two days ago: they have taken entries.
             prior = settings.subscribers[: args.prior]
             digests = run.plan_digests(settings, store, prior, NOW - timedelta(days=2))
-            store.enqueue([run._delivery(settings, d) for d in digests])
+            store.enqueue([run.queued_digest(settings, d) for d in digests])
             store.mark_checked([s.email for s in prior], NOW - timedelta(days=2))
             store.add_items(items, NOW)
 
@@ -476,30 +476,23 @@ def main() -> None:
             matched = sorted({m.entry.id for found in matches.values() for m in found})
             t_taken, _ = best_of(args.repeat, lambda: store.taken_entries(emails, matched))
             t_reads = t_states + t_entries + t_taken
-            t_select = None
-            if hasattr(run, "select_digests"):  # the pure half of plan_digests (absent before issue 3)
-                states = store.subscriber_states()
-                cutoffs = {
-                    sub.email: ((states[sub.email].last_checked_at if sub.email in states else None) or NOW)
-                    - settings.digest.lookback
-                    for sub in settings.subscribers
-                }
-                taken = store.taken_entries(emails, matched)
-                t_select, _ = best_of(
-                    args.repeat,
-                    lambda: run.select_digests(settings, settings.subscribers, matches, taken, cutoffs, NOW),
-                )
+            states = store.subscriber_states()
+            cutoffs = {
+                sub.email: ((states[sub.email].last_checked_at if sub.email in states else None) or NOW)
+                - settings.digest.lookback
+                for sub in settings.subscribers
+            }
+            taken = store.taken_entries(emails, matched)
+            t_select, _ = best_of(
+                args.repeat,
+                lambda: plan.select_digests(settings, settings.subscribers, matches, taken, cutoffs, NOW),
+            )
             t_plan, planned = best_of(
                 args.repeat, lambda: run.plan_digests(settings, store, settings.subscribers, NOW)
             )
             shown = sum(d.entry_count for d in planned)
             more = sum(d.more_count for d in planned)
             how = "select_digests"
-            if t_select is None:
-                t_select, how = (
-                    t_plan - t_reads - t_compile - t_index - t_match,
-                    "plan_digests minus the rest",
-                )
 
             print(
                 f"digests planned: {len(planned)}; entries shown {shown} "

@@ -1,4 +1,5 @@
-"""Build the RFC 5322 message for one digest: headers, a text part and an HTML part.
+"""Build the RFC 5322 message for one digest (headers, a text part and an HTML part), and the
+plain-text alert that tells the admin a feed is failing or has recovered.
 
 Only building happens here; ``deliver`` sends. The message is written as bytes directly, not
 through ``EmailMessage`` (whose build and ``as_bytes`` cost 6-10 ms per digest): headers are
@@ -19,13 +20,16 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from email.header import Header
-from email.utils import format_datetime, formataddr, parseaddr
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from functools import lru_cache
 from urllib.parse import quote
 
-from .config import sender_address
+from .config import Settings
 from .models import Digest, OutgoingMessage, RenderedDigest
 from .text import clean_text
 
@@ -43,20 +47,6 @@ _qp_lines: dict[str, bytes] = {}
 _qp_parts: dict[str, bytes] = {}
 _qp_size = {"lines": 0, "parts": 0}
 _URL_SAFE = "!#$%&'()*+,-./:;=?@[]~_"
-
-
-def message_id(subscriber: str, entry_ids: list[int], created_at: datetime, sender: str) -> str:
-    """A Message-ID fixed by the digest's content and time, on the sender's domain."""
-    iso, stamp = _stamps(created_at)
-    seed = f"{subscriber}\n{iso}\n{','.join(map(str, sorted(entry_ids)))}"
-    token = hashlib.sha256(seed.encode()).hexdigest()[:24]
-    domain = sender_address(sender).rpartition("@")[2] or "localhost"
-    return f"<{stamp}.{token}@{domain}>"
-
-
-@lru_cache(maxsize=16)  # one run plans thousands of digests created at the same time
-def _stamps(created_at: datetime) -> tuple[str, str]:
-    return created_at.isoformat(), created_at.strftime("%Y%m%d%H%M%S")
 
 
 def header_text(value: str, limit: int) -> str:
@@ -290,5 +280,75 @@ def compose_message(
             f"\r\n--{boundary}--\r\n".encode("ascii"),
         ]
     )
-    # (both by construction: lines are cut and quoted-printable encoded here, a leading dot as =2E)
-    return OutgoingMessage(sender_addr, recipient, digest.message_id, data, crlf=True, dot_free=True)
+    # (canonical by construction: lines are cut and quoted-printable encoded here, a leading dot as =2E)
+    return OutgoingMessage(sender_addr, recipient, digest.message_id, data, canonical=True)
+
+
+def digest_message(settings: Settings, digest: Digest, rendered: RenderedDigest) -> OutgoingMessage:
+    """The email of one digest, with the list headers its settings call for."""
+    return compose_message(
+        digest,
+        rendered,
+        sender=settings.sender,
+        list_id=settings.list_id,
+        unsubscribe=settings.unsubscribe_links(digest.subscriber),
+        one_click=bool(settings.digest.base_url),
+    )
+
+
+# --- feed alerts ----------------------------------------------------------------------------------
+# Error texts come from servers: they lose control characters.
+
+
+def feed_alert(
+    *,
+    title: str,
+    sender: str,
+    admin: str,
+    feed: str,
+    url: str,
+    recovered: bool,
+    now: datetime,
+    failing_since: datetime | None,
+    failures: int,
+    last_error: str | None,
+    next_attempt_at: datetime | None,
+) -> OutgoingMessage:
+    """The alert (or recovery notice) for one feed, as a plain-text message to the admin."""
+    if recovered:
+        subject = f"[{title}] feed {feed} works again"
+        lines = [
+            f"The feed {feed} was fetched successfully at {_when(now)}.",
+            "",
+            f"URL: {url}",
+            f"Last error before it recovered: {clean_text(last_error or '-')}",
+        ]
+    else:
+        subject = f"[{title}] feed {feed} has been failing since {_when(failing_since)}"
+        lines = [
+            f"The feed {feed} has failed {failures} time(s) in a row since {_when(failing_since)}.",
+            "",
+            f"URL:           {url}",
+            f"Last error:    {clean_text(last_error or '-')}",
+            f"Next attempt:  {_when(next_attempt_at) if next_attempt_at else 'at the next poll'}",
+            "",
+            "digest keeps trying on its own (backing off up to once a day) and will write again",
+            "when the feed works. If the feed has moved or gone, change or remove it in the config.",
+            "`digest status` shows every feed's state.",
+        ]
+    msg = EmailMessage(policy=SMTP)
+    sender_name, sender_addr = parseaddr(sender)
+    msg["From"] = Address(header_text(sender_name, 100), addr_spec=sender_addr)
+    msg["To"] = Address(addr_spec=admin)
+    msg["Subject"] = header_text(subject, SUBJECT_LIMIT)
+    msg["Date"] = format_datetime(now)
+    domain = sender_addr.rpartition("@")[2] or "localhost"
+    message_id = make_msgid(idstring=f"feed-{'ok' if recovered else 'alert'}", domain=domain)
+    msg["Message-ID"] = message_id
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834
+    msg.set_content("\n".join(lines) + "\n", cte="quoted-printable")
+    return OutgoingMessage(sender=sender_addr, recipient=admin, message_id=message_id, data=msg.as_bytes())
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if value else "-"

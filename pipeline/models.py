@@ -2,8 +2,8 @@
 
 ``fetch`` produces :class:`FetchResult`, ``parse`` turns it into :class:`FeedItem` records,
 ``store`` keeps them as :class:`Entry` records, ``match`` pairs entries with topics as
-:class:`Match`, ``run`` groups matches into a :class:`Digest`, ``render`` turns a digest into a
-:class:`RenderedDigest`, ``compose`` makes it an :class:`OutgoingMessage` for ``deliver``.
+:class:`Match`, ``plan`` groups matches into a :class:`Digest`, ``render`` turns a digest into
+a :class:`RenderedDigest`, ``compose`` makes it an :class:`OutgoingMessage` for ``deliver``.
 """
 
 from __future__ import annotations
@@ -139,5 +139,6 @@ class OutgoingMessage:
     recipient: str
     message_id: str
     data: bytes
-    crlf: bool = False  # every line of data ends with CRLF, none with a bare CR or LF
-    dot_free: bool = False  # no line of data starts with "." (SMTP needs no dot-stuffing)
+    # SMTP's wire form as it is: every line ends with CRLF and none starts with "." (so it
+    # needs neither line-end normalising nor dot-stuffing). compose builds digests so.
+    canonical: bool = False

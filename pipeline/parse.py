@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
-from . import helper
+from . import child_process
 from .errors import ParseError
 from .models import FeedItem, FetchResult, ParsedFeed
 from .text import clean_text, has_control, strip_html
@@ -119,7 +119,7 @@ class ParserProcess:
     """A helper interpreter (``python -m pipeline.parse``) that parses feeds for this process.
 
     It imports only this module (about 0.3 s, once) and then parses one feed after another
-    (see :mod:`pipeline.helper`). A parse that runs past its time limit is stopped by killing
+    (see :mod:`pipeline.child_process`). A parse that runs past its time limit is stopped by killing
     the helper; the next parse starts a new one.
     """
 
@@ -132,7 +132,7 @@ class ParserProcess:
             return ParsedFeed(result.feed, ())
         deadline = time.monotonic() + time_limit
         try:
-            self._write(helper.frame(result), deadline)
+            self._write(child_process.frame(result), deadline)
             size = int.from_bytes(self._read(8, deadline), "big")
             outcome = pickle.loads(self._read(size, deadline))
         except TimeoutError:
@@ -154,7 +154,7 @@ class ParserProcess:
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self.process is None or self.process.poll() is not None:
-            self.process = helper.start("pipeline.parse")
+            self.process = child_process.start("pipeline.parse")
             assert self.process.stdin is not None
             os.set_blocking(self.process.stdin.fileno(), False)
         return self.process
@@ -366,4 +366,4 @@ def _date(parsed: time.struct_time | None) -> datetime | None:
 if __name__ == "__main__":
     import feedparser  # noqa: F401  (now, while the parent downloads the feeds)
 
-    helper.serve(_answer)
+    child_process.serve(_answer)

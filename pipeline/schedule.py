@@ -10,7 +10,8 @@ machine sleep and clock jumps), and at start.
 
 Only one ``digest run`` may use a state database: it holds a lease there, renewed every 20 s,
 that a second one respects; a holder that died on this machine, or stopped renewing, no
-longer counts.
+longer counts. The scheduler is a face, like the CLI: it computes fire times and calls the
+chain (``run``); the CLI opens the state database it is given.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +41,6 @@ from .store import Store, utcnow
 
 log = logging.getLogger("digest")
 
-LEASE_NAME = "scheduler"
 LEASE_TTL = timedelta(seconds=60)
 RENEW_EVERY = 20.0  # seconds
 WATCHDOG_EVERY = 30  # seconds: catch-up check for every subscriber
@@ -183,12 +182,14 @@ class _JobSpec:
 class Scheduler:
     """The long-running ``digest run`` process."""
 
-    def __init__(self, config: str | None, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self, config: str | None, store: Store, *, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self.config = config
         self.clock = clock
         self.settings = load_settings(config)
-        self.store = Store(self.settings.digest.database_url)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.store = store
+        self.holder = run.scheduler_id()
         self.stop = threading.Event()
         self.reload_requested = threading.Event()
         self.busy = threading.Lock()  # held while a job runs
@@ -211,15 +212,14 @@ class Scheduler:
             if subscriber is None:
                 return
             now = self.clock()
-            state = self.store.subscriber_states().get(subscriber.email)
-            served = state.last_scheduled_at if state else None
+            served = run.last_served(self.store, subscriber.email)
             due = last_fire(subscriber_trigger(settings, subscriber), now, served or now - LOOKBACK_LIMIT)
             if due is None or (served is not None and due <= served):
                 return
             if served is None:
                 # First sight of this subscriber: their first digest comes at their next
                 # scheduled time, not at whatever moment the scheduler happened to start.
-                self.store.mark_scheduled(subscriber.email, due)
+                run.mark_served(self.store, subscriber.email, due)
                 log.info(
                     "digest to=%s first-scheduled next=%s",
                     email,
@@ -227,20 +227,9 @@ class Scheduler:
                 )
                 return
             try:
-                run.fetch_stale(settings, self.store, [subscriber], clock=self.clock)
-                run.send(
-                    settings,
-                    self.store,
-                    subscribers=[subscriber.email],
-                    fetch=False,
-                    clock=self.clock,
-                    stop=self.stop,
-                )
+                run.serve_subscriber(settings, self.store, subscriber, due, clock=self.clock, stop=self.stop)
             except DigestError as exc:
                 log.error("digest to=%s error=%r", email, str(exc))
-                return
-            if not self.stop.is_set():
-                self.store.mark_scheduled(subscriber.email, due)
 
     def fetch_feed(self, name: str) -> None:
         with self.busy:
@@ -330,9 +319,8 @@ class Scheduler:
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code."""
-        other = self.store.acquire_lease(LEASE_NAME, self.holder, self.clock(), LEASE_TTL)
+        other = run.take_scheduler_lease(self.store, self.holder, self.clock(), LEASE_TTL)
         if other is not None:
-            self.store.close()
             raise ScheduleError(
                 f"another digest run ({other}) is using {self.settings.digest.database}; "
                 "stop it first (only one scheduler per state database)"
@@ -356,20 +344,21 @@ class Scheduler:
                     self.reload_requested.clear()
                     self.reload()
                 if time.monotonic() - renewed >= RENEW_EVERY:
-                    if not self.store.renew_lease(LEASE_NAME, self.holder, self.clock(), LEASE_TTL):
+                    if not run.renew_scheduler_lease(self.store, self.holder, self.clock(), LEASE_TTL):
                         log.error("lost the scheduler lease to another process; stopping")
                         self.stop.set()
                     renewed = time.monotonic()
-            return self._shutdown()
+            return self.shutdown()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _shutdown(self) -> int:
+    def shutdown(self) -> int:
+        """Stop: no new jobs, wait a little for the one in progress; return the exit code."""
         log.info("stopping: no new jobs; waiting up to %gs for the job in progress", STOP_WITHIN)
         self.aps.shutdown(wait=False)
         finished = self.busy.acquire(timeout=STOP_WITHIN)
-        self.store.release_lease(LEASE_NAME, self.holder)
+        run.release_scheduler_lease(self.store, self.holder)
         if not finished:
             # A fetch or an SMTP step still blocked: its digests stay claimed by this (soon
             # dead) process, and the next send or run takes them over at once.
@@ -379,7 +368,6 @@ class Scheduler:
         # Jobs still queued in the executor run even after the shutdown (and the interpreter's
         # exit waits for them): each must get the lock, see the stop, and return.
         self.busy.release()
-        self.store.close()
         log.info("stopped")
         return 0
 
@@ -403,6 +391,6 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "never"
 
 
-def run_scheduler(config: str | None) -> int:
-    """``digest run``: the scheduler in the foreground; returns the exit code."""
-    return Scheduler(config).run()
+def run_scheduler(config: str | None, store: Store) -> int:
+    """``digest run``: the scheduler in the foreground, on this state database; the exit code."""
+    return Scheduler(config, store).run()

@@ -176,10 +176,10 @@ def test_any_subject_name_or_body_parses_back_with_one_subject_and_the_same_reci
     subject: str, name: str | None, body: str
 ) -> None:
     out = _compose(_digest(name=name), _rendered(subject=subject, text=body, html=body))
-    # What out.crlf and out.dot_free promise (the SMTP transport sends such messages unchecked):
+    # What out.canonical promises (the SMTP transport sends such messages unchecked):
     bare = out.data.replace(b"\r\n", b"")
-    assert out.crlf and b"\n" not in bare and b"\r" not in bare
-    assert out.dot_free and not out.data.startswith(b".") and b"\r\n." not in out.data
+    assert out.canonical and b"\n" not in bare and b"\r" not in bare
+    assert not out.data.startswith(b".") and b"\r\n." not in out.data
     message = _parse(out.data)
     assert list(message.keys()) == HEADERS
     assert len(message.get_all("Subject") or []) == 1

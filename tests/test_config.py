@@ -13,7 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import _email, cron_day_of_week, load_settings, parse_duration, parse_schedule
+from pipeline.config import cron_day_of_week, email_address, load_settings, parse_duration, parse_schedule
 from pipeline.errors import ConfigError
 
 GOOD = """
@@ -289,6 +289,6 @@ def test_an_address_is_taken_exactly_as_email_validator_takes_it(local: str, dom
         ).normalized
     except EmailNotValidError as exc:
         with pytest.raises(ValueError, match=re.escape(str(exc))):
-            _email(address)
+            email_address(address)
     else:
-        assert _email(address) == expected
+        assert email_address(address) == expected

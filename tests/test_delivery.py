@@ -32,7 +32,7 @@ from pipeline import run
 from pipeline.config import load_settings
 from pipeline.deliver import SmtpTransport, is_transient
 from pipeline.models import OutgoingMessage
-from pipeline.store import NewDelivery, Store, owner_id, utcnow
+from pipeline.store import QueuedDigest, Store, owner_id, utcnow
 
 FEED = """<?xml version="1.0" encoding="UTF-8"?>
 <rss version="2.0"><channel><title>One paper</title><link>https://example.org/</link>
@@ -493,7 +493,7 @@ def _outbox(store: Store, rows: int) -> datetime:
     now = utcnow()
     store.enqueue(
         [
-            NewDelivery(f"u{i}@example.org", f"<{i}@test>", now, now + timedelta(days=1), (), (), "{}")
+            QueuedDigest(f"u{i}@example.org", f"<{i}@test>", now, now + timedelta(days=1), (), (), "{}")
             for i in range(rows)
         ]
     )
@@ -724,7 +724,7 @@ def test_lines_starting_with_a_dot_survive_either_transaction(
     data = f"From: a@example.org\r\nTo: b@example.org\r\nSubject: dots\r\n\r\n{body}".encode()
     transport = SmtpTransport(settings.smtp)
     try:
-        transport.send(OutgoingMessage("a@example.org", "b@example.org", "<dots@x>", data, crlf=True))
+        transport.send(OutgoingMessage("a@example.org", "b@example.org", "<dots@x>", data))
     finally:
         transport.close()
     (message,) = smtp_server.handler.messages

@@ -24,7 +24,7 @@ from conftest import DATA, FeedServer, SmtpServer, body_text, fake_network, smtp
 from pipeline import run
 from pipeline.config import Settings, load_settings
 from pipeline.errors import StoreError
-from pipeline.parse import ParserProcess
+from pipeline.speed import Speedups
 from pipeline.store import SCHEMA_VERSION, Store
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -274,17 +274,32 @@ def test_a_page_that_is_not_a_feed_fails_alone_and_a_truncated_feed_is_used(
 def test_a_parser_started_early_parses_and_stops_with_the_fetch(
     configure: Callable[..., Path], feed_server: FeedServer
 ) -> None:
-    # `digest send` starts one before its imports; a helper that parsed a large feed holds
-    # ~25 MB, which must not stay for the rest of the send.
+    # `digest send` starts one before its imports; a parser that parsed a large feed holds its
+    # memory, which must not stay for the rest of the send.
     config = configure({"arxiv": serve(feed_server, "arxiv-cs.xml")})
-    with opened(config) as (settings, store), ParserProcess() as parser:
-        early = parser.start().process
-        assert early is not None
-        (report,) = run.fetch_all(settings, store, parser=parser)
+    with opened(config) as (settings, store), Speedups.for_command() as speed:
+        early = _children_named(b"pipeline.parse")
+        assert len(early) == 1  # started at once
+        (report,) = run.fetch_all(settings, store, speed=speed)
         assert report.result == "new" and report.new > 0
-        assert parser.process is None and early.poll() is not None  # stopped with the fetch
-        (again,) = run.fetch_all(settings, store, parser=parser, force=True)  # idle, still stopped
-        assert again.result == "not-modified" and parser.process is None
+        assert speed.take_parser() is None  # taken by the fetch ...
+        assert _children_named(b"pipeline.parse") == []  # ... and stopped with it
+        (again,) = run.fetch_all(settings, store, speed=speed, force=True)  # nothing left to take
+        assert again.result == "not-modified"
+
+
+def _children_named(module: bytes) -> list[int]:
+    """This process's live children running ``python -m module``."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+            command = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and module in command.split(b"\0"):
+            found.append(int(status.parent.name))
+    return found
 
 
 # --- failures, backoff, recovery --------------------------------------------------------------

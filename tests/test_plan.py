@@ -1,4 +1,4 @@
-"""run.select_digests, the optimised per-subscriber selection, against the plain algorithm it replaces."""
+"""plan.select_digests, the optimised per-subscriber selection, against the plain algorithm it replaces."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import run
+from pipeline import plan
 from pipeline.config import Settings, SubscriberConfig, parse_settings
 from pipeline.models import Entry, FeedItem, Match
-from pipeline.store import NewDelivery, Store
+from pipeline.store import QueuedDigest, Store
 
 TOPICS = ["a", "b", "c", "d"]
 T0 = datetime(2026, 11, 27, tzinfo=UTC)
@@ -100,7 +100,7 @@ def test_select_digests_agrees_with_the_plain_algorithm(
     scenario: tuple[Settings, dict[str, list[Match]], dict[str, set[int]], dict[str, datetime]],
 ) -> None:
     settings_, matches, taken, cutoffs = scenario
-    digests = run.select_digests(
+    digests = plan.select_digests(
         settings_, settings_.subscribers, matches, taken, cutoffs, T0, keep_empty=True
     )
     assert [d.subscriber for d in digests] == [s.email for s in settings_.subscribers]
@@ -123,7 +123,7 @@ def test_taken_entries_reads_back_what_was_enqueued(tmp_path: Path) -> None:
         taken = {"a@example.org": set(ids[:700:3]), "b@example.org": set(ids[650:1100])}
         store.enqueue(
             [
-                NewDelivery(
+                QueuedDigest(
                     email,
                     f"<{n}@x>",
                     T0,

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from samples import HOSTILE_ITEMS, sample_config, sample_digests
 
 from pipeline.errors import RenderError
-from pipeline.inline import inline_css, piecewise_blockers
 from pipeline.models import Digest
 from pipeline.render import TEMPLATES, Renderer, template_environment
+from pipeline.render.inline import inline_css, piecewise_blockers
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("DIGEST_REGENERATE_GOLDEN") == "1"
@@ -125,7 +125,7 @@ def test_sections_shared_by_subscribers_or_forgotten_render_the_same(tmp_path: P
     for renderer in (shared, forgetful):
         renderer.prepare(digests)
         assert [renderer.render(d) for d in digests * 2] == expected * 2
-    assert len(shared._sections) == len({(s.topic, s.matches) for d in digests for s in d.sections})
+    assert shared.section_count == len({(s.topic, s.matches) for d in digests for s in d.sections})
 
 
 def test_render_without_prepare_prepares_that_digest(tmp_path: Path) -> None:
@@ -221,7 +221,7 @@ def test_hit_words_are_marked_in_titles_and_summaries(samples: dict[str, tuple[R
 
 
 def test_marks_only_in_text_never_in_tags_or_attributes(tmp_path: Path) -> None:
-    from pipeline.summary import highlight_html, sanitize_html
+    from pipeline.render.summary import highlight_html, sanitize_html
 
     html = sanitize_html('<p title="snn">An <a href="https://snn.example/snn">SNN paper</a> on SNNs</p>')
     marked = highlight_html(html, ["SNN"])
@@ -232,7 +232,7 @@ def test_marks_only_in_text_never_in_tags_or_attributes(tmp_path: Path) -> None:
 
 
 def test_summary_cut_on_a_word_boundary_with_markup_closed(tmp_path: Path) -> None:
-    from pipeline.summary import count_words, shorten_html
+    from pipeline.render.summary import count_words, shorten_html
 
     fragment = "<p>one <b>two <i>three four</i> five</b> six</p><ul><li>seven</li></ul>"
     short, cut = shorten_html(fragment, 3)
@@ -484,7 +484,7 @@ fragments = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(fragments)
 def test_match_shape_agrees_with_shape_of(fragment: str) -> None:
-    from pipeline.inline import match_shape, shape_of
+    from pipeline.render.inline import match_shape, shape_of
 
     shape, values = shape_of(fragment)
     assert match_shape(fragment, shape) == values

@@ -25,7 +25,7 @@ from pipeline.compose import compose_message
 from pipeline.config import Settings
 from pipeline.models import Digest, Entry, Match, Section
 from pipeline.render import Renderer, safe_link
-from pipeline.summary import MAX_IMAGE_WIDTH, MAX_IMAGES, sanitize_html
+from pipeline.render.summary import MAX_IMAGE_WIDTH, MAX_IMAGES, sanitize_html
 
 NOW = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
 _TAG = re.compile(r"<[^>]*>")
@@ -280,7 +280,7 @@ def tag_soup_with_plain_text(draw: st.DrawFn) -> str:
 @settings(max_examples=300, deadline=None)
 @given(tag_soup_with_plain_text())
 def test_the_text_of_any_feed_html_has_nothing_of_html_left(fragment: str) -> None:
-    from pipeline.summary import html_to_text
+    from pipeline.render.summary import html_to_text
 
     text, links = html_to_text(sanitize_html(fragment))
     leftover = text.replace("&", "")  # a decoded &amp; is a plain "&"

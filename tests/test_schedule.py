@@ -316,10 +316,11 @@ def test_jobs_still_queued_at_the_stop_return_at_once(
     # return at once (they used to wait forever for the lock the shutdown kept).
     write_feed(feed_server, ["SNN one"])
     config = run_config(tmp_path, feed_server, smtp_server, [("ada@example.org", "every 2s")])
-    scheduler = Scheduler(str(config))
+    store = Store(load_settings(config).digest.database_url)
+    scheduler = Scheduler(str(config), store)
     scheduler.aps.start()
     scheduler.stop.set()
-    assert scheduler._shutdown() == 0
+    assert scheduler.shutdown() == 0
     queued = [
         threading.Thread(target=scheduler.serve, args=("ada@example.org",), daemon=True),
         threading.Thread(target=scheduler.fetch_feed, args=("live",), daemon=True),
@@ -331,6 +332,7 @@ def test_jobs_still_queued_at_the_stop_return_at_once(
         job.join(5)
     assert not any(job.is_alive() for job in queued)
     assert smtp_server.handler.messages == []
+    store.close()
 
 
 def test_sighup_adds_a_subscriber_and_a_broken_config_keeps_the_old_one(

@@ -25,7 +25,7 @@ from samples import HOSTILE_ITEMS, sample_config, sample_digests
 
 from pipeline.errors import RenderError
 from pipeline.models import Digest, Match, OutgoingMessage
-from pipeline.workers import MIN_SUBSCRIBERS, Rendering, worker_count
+from pipeline.speed.render_pool import MIN_SUBSCRIBERS, RenderPool, pool_size
 
 ROOT = Path(__file__).parent.parent
 _LOG = re.compile(r"^\d{4}-\d\d-\d\dT")  # a log line (they go where logging was set up)
@@ -47,15 +47,15 @@ def test_helpers_render_exactly_what_this_process_renders(tmp_path: Path) -> Non
     settings = sample_config(tmp_path, digest=f'templates = "{folder}"', extra=kai)
     digests = list(sample_digests(settings, items=HOSTILE_ITEMS).values())
     assert len(digests) >= 4 and "kai@example.org" in [d.subscriber for d in digests]
-    expected = _comparable(Rendering(settings).messages(digests))
+    expected = _comparable(RenderPool(settings).messages(digests))
     assert sum(isinstance(r, str) for r in expected) == 1  # ada's error; the others are messages
 
-    with closing(Rendering(settings, workers=1)) as rendering:
-        assert len(rendering.workers) == 1
+    with closing(RenderPool(settings, children=1)) as rendering:
+        assert len(rendering.children) == 1
         rendering.plan(digests[1:])  # the first is not planned: asked for anyway, it is rendered too
         asked = list(reversed(digests))  # and out of the planned order
         got = _comparable(rendering.messages(asked))
-        assert rendering.workers[0].dead is None  # the helper did the work, nothing fell back
+        assert rendering.children[0].dead is None  # the helper did the work, nothing fell back
     assert got == list(reversed(expected))
 
 
@@ -75,18 +75,18 @@ def test_a_helper_is_sent_each_entry_once_and_again_only_when_it_changed(tmp_pat
     assert len(digests) >= 3
     changed = _retitled(digests[0])
     batches = [digests[:1], digests[1:], [changed]]
-    here = Rendering(settings)
+    here = RenderPool(settings)
     expected = [_comparable(here.messages(batch)) for batch in batches]
     assert all(isinstance(m, OutgoingMessage) for batch in expected for m in batch)
 
-    with closing(Rendering(settings, workers=1)) as rendering:
+    with closing(RenderPool(settings, children=1)) as rendering:
         got = [_comparable(rendering.messages(batch)) for batch in batches]
-        assert rendering.workers[0].dead is None  # every entry sent by id was there
+        assert rendering.children[0].dead is None  # every entry sent by id was there
     assert got == expected
 
-    with closing(Rendering(settings, workers=1)) as rendering:  # framing only, never sent
-        worker = rendering.workers[0]
-        sizes = [len(worker._frame(batch)) for batch in ([digests[0]], [digests[0]], [changed])]
+    with closing(RenderPool(settings, children=1)) as rendering:  # framing only, never sent
+        worker = rendering.children[0]
+        sizes = [len(worker.frame(batch)) for batch in ([digests[0]], [digests[0]], [changed])]
     assert sizes[1] < sizes[0] / 2  # the second time its entries went by id
     assert sizes[2] > sizes[0] * 0.9  # changed entries went whole again
 
@@ -97,10 +97,10 @@ def test_a_helper_stopped_and_continued_mid_reply_loses_nothing(tmp_path: Path) 
     settings = sample_config(tmp_path)
     some = list(sample_digests(settings, items=HOSTILE_ITEMS).values())
     digests = [replace(d, message_id=f"<{i}.{d.message_id[1:]}") for i in range(20) for d in some]
-    expected = _comparable(Rendering(settings).messages(digests))
+    expected = _comparable(RenderPool(settings).messages(digests))
 
-    with closing(Rendering(settings, workers=1)) as rendering:
-        pid = rendering.workers[0].process.pid
+    with closing(RenderPool(settings, children=1)) as rendering:
+        pid = rendering.children[0].process.pid
         stopping = threading.Event()
 
         def stop_and_continue() -> None:
@@ -118,10 +118,10 @@ def test_a_helper_stopped_and_continued_mid_reply_loses_nothing(tmp_path: Path) 
         stopping.set()
         pester.join()
         if asking.is_alive():  # waiting for the rest of a torn reply, which never comes
-            rendering.workers[0].process.kill()
+            rendering.children[0].process.kill()
             asking.join()
             pytest.fail("a reply never arrived whole")
-        assert rendering.workers[0].dead is None  # every reply arrived whole
+        assert rendering.children[0].dead is None  # every reply arrived whole
     assert [_comparable(g) for g in got] == [expected] * 3
 
 
@@ -149,22 +149,22 @@ def test_templates_that_cannot_render_fail_a_send_as_they_do_without_helpers(
 
 def test_a_helper_never_given_work_is_stopped_without_waiting_for_it(tmp_path: Path) -> None:
     # A send with nothing new for anyone: its helper is still importing; it is not waited for.
-    rendering = Rendering(sample_config(tmp_path), workers=1)
-    worker = rendering.workers[0]
+    rendering = RenderPool(sample_config(tmp_path), children=1)
+    worker = rendering.children[0]
     rendering.close()
     assert worker.process.returncode == -signal.SIGKILL
 
 
-def test_worker_count(tmp_path: Path) -> None:
+def test_pool_size(tmp_path: Path) -> None:
     settings = sample_config(tmp_path)
     cores = len(os.sched_getaffinity(0))
-    assert worker_count(settings, MIN_SUBSCRIBERS - 1) == 0  # small sends render here
-    assert worker_count(settings, MIN_SUBSCRIBERS) == min(4, cores - 1)
+    assert pool_size(settings, MIN_SUBSCRIBERS - 1) == 0  # small sends render here
+    assert pool_size(settings, MIN_SUBSCRIBERS) == min(4, cores - 1)
     two = settings.model_copy(update={"digest": settings.digest.model_copy(update={"render_workers": 2})})
-    assert worker_count(two, MIN_SUBSCRIBERS) == 2
-    assert worker_count(two, 1) == 0  # digest run's one-subscriber sends never start helpers
+    assert pool_size(two, MIN_SUBSCRIBERS) == 2
+    assert pool_size(two, 1) == 0  # digest run's one-subscriber sends never start helpers
     off = settings.model_copy(update={"digest": settings.digest.model_copy(update={"render_workers": 0})})
-    assert worker_count(off, 10_000) == 0
+    assert pool_size(off, 10_000) == 0
 
 
 # --- the real command line, with a helper that dies -----------------------------------------------
@@ -233,7 +233,7 @@ def _helper_of(parent: int, timeout: float = 30) -> int:
                 command = (stat.parent / "cmdline").read_bytes()
             except (OSError, ValueError, IndexError):
                 continue
-            if ppid == parent and b"pipeline.workers" in command:
+            if ppid == parent and b"pipeline.speed.render_child" in command:
                 return int(stat.parent.name)
         time.sleep(0.01)
     raise AssertionError("no render helper started")

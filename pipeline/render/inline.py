@@ -1,10 +1,11 @@
 """CSS inlining with premailer, done once per distinct piece of a run instead of once per email.
 
-premailer costs ~27 ms per digest, so it never runs per subscriber. ``render`` cuts each email
-into pieces (the layout, each topic section, each entry), puts every distinct piece of a run
-into one *catalogue* document, in the same ancestor context it has in a real email, runs
-premailer once on the catalogue, splits the result at marker comments, and assembles each
-subscriber's email from the inlined pieces.
+premailer is by far the slowest step of rendering an email, so it never runs per subscriber.
+The renderer cuts each email into pieces (the layout, each topic section, each entry:
+``pieces``), puts every distinct piece of a run into one *catalogue* document, in the same
+ancestor context it has in a real email, runs premailer once on the catalogue, splits the
+result at marker comments (``catalogue``), and assembles each subscriber's email from the
+inlined pieces (``html``).
 
 Why the result is the same as inlining the whole email at once:
 
@@ -12,7 +13,7 @@ Why the result is the same as inlining the whole email at once:
   sibling selectors (``+``, ``~``, ``:first-child``, ``:last-child``, ``:nth-*``, ``*-of-type``,
   ``:only-*``) nor attribute selectors, a match depends only on the element and its
   ancestors, which the catalogue reproduces. ``piecewise_blockers`` finds such selectors;
-  ``render`` then inlines whole emails (with a warning) instead.
+  the renderer then inlines whole emails (with a warning) instead.
 - The HTML is serialised without pretty-printing (``pretty_print=False``): libxml2 then adds
   no formatting whitespace, whose placement depends on sibling nodes; each node's output is
   a function of the node alone, so marker comments between pieces change nothing else.
@@ -92,8 +93,8 @@ class _Premailer(premailer.Premailer):  # type: ignore[misc]
     """premailer, keeping each stylesheet's rules between calls.
 
     Every call inlines the same stylesheet; premailer caches its parse, but not the rules it
-    then turns back into text, which took half of each call (~3 ms of ~7). The options that
-    shape the rules are the same in every call (``inline_css``'s), so the rules can be shared.
+    then turns back into text, much of each call's cost. The options that shape the rules are
+    the same in every call (``inline_css``'s), so the rules can be shared.
     """
 
     def _parse_style_rules(self, css_body: str, ruleset_index: int) -> tuple[list[Any], list[Any]]:
@@ -131,7 +132,7 @@ def _parse_css(css: str) -> cssutils.css.CSSStyleSheet:
 def without_media_rules(document: str) -> str:
     """The document with ``@media`` blocks removed from its <style> elements.
 
-    premailer never inlines @media rules, it only re-serialises them (half of its cost), so a
+    premailer never inlines @media rules, it only re-serialises them (much of its cost), so a
     catalogue whose layout output is not wanted is inlined with this lighter stylesheet.
     """
     return _STYLE_BLOCK.sub(lambda m: m.group(1) + _strip_media(m.group(2)) + m.group(3), document)

@@ -1,9 +1,10 @@
-"""Helper interpreters: ``python -m pipeline.<module>`` exchanging pickles over stdin/stdout.
+"""Python child processes (``python -m pipeline.<module>``) exchanging pickles over stdin/stdout.
 
-The feed parser and the render workers run in such helpers. multiprocessing would make every
-worker import the parent's ``__main__`` (the whole CLI, over a second each); a helper imports
-only its own module. Each message is an 8-byte big-endian length and a pickle (whose persistent
-ids may stand for objects sent before).
+The feed parser (a time bound on feedparser, :mod:`pipeline.parse`) and the render pool
+(:mod:`pipeline.speed`) run in such children. multiprocessing would make every child import
+the parent's ``__main__`` (the whole CLI); a child imports only its own module. Each message is
+an 8-byte big-endian length and a pickle (whose persistent ids may stand for objects sent
+before).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def start(module: str) -> subprocess.Popen[bytes]:
 def frame(value: object, persistent_id: Callable[[Any], Any] | None = None) -> memoryview:
     """``value`` framed; ``persistent_id`` may name objects the other side already has.
 
-    (A view of the pickler's buffer, not a copy: a batch of replies is ~3.5 MB.)
+    (A view of the pickler's buffer, not a copy: a batch of rendered replies is megabytes.)
     """
     buffer = io.BytesIO(bytes(8))
     buffer.seek(8)
@@ -84,12 +85,12 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def serve(handle: Callable[[Any], object], persistent_load: Callable[[Any], Any] | None = None) -> NoReturn:
-    """The helper's loop: answer each request with ``handle(request)``, until stdin closes.
+    """The child's loop: answer each request with ``handle(request)``, until stdin closes.
 
     Interrupts are for the parent (a terminal's Ctrl-C and systemd's stop reach the whole
     process group): it finishes or abandons the work and closes our stdin, which ends us.
-    The end is ``os._exit``: a helper has nothing to clean up, and tearing down a render
-    helper's heap the usual way took 0.3 s that its parent spent waiting.
+    The end is ``os._exit``: a child has nothing to clean up, and tearing down a render
+    child's large heap the usual way keeps its parent waiting.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

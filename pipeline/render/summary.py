@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import nh3
 from markupsafe import Markup, escape
 
-from .match import hit_spans
-from .text import clean_text
+from ..match import hit_spans
+from ..text import clean_text
 
 ALLOWED_TAGS = frozenset(
     {"p", "br", "b", "strong", "i", "em", "a", "ul", "ol", "li", "code", "pre", "blockquote", "sub", "sup"}

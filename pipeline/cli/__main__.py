@@ -1,0 +1,5 @@
+"""``python -m pipeline.cli``: the ``digest`` command."""
+
+from .base import main
+
+main()

@@ -1,0 +1,215 @@
+"""``digest send`` and ``digest preview``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import click
+
+from ..errors import DigestError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from .. import run
+
+from .base import LIST_LIMIT, Context, err, fail, handle_errors, main, out
+
+
+@main.command()
+@click.option(
+    "--subscriber",
+    "-s",
+    "subscribers",
+    multiple=True,
+    metavar="EMAIL",
+    help="Only this subscriber (repeatable).",
+)
+@click.option("--dry-run", is_flag=True, help="Build and report, but send and record nothing.")
+@click.option("--no-fetch", is_flag=True, help="Use stored entries; do not fetch feeds first.")
+@click.pass_obj
+@handle_errors
+def send(ctx: Context, subscribers: tuple[str, ...], dry_run: bool, no_fetch: bool) -> None:
+    """Fetch, then build and deliver now each subscriber's digest of new entries.
+
+    Exit 0 when everything was delivered or there was nothing to send, 1 when a delivery
+    failed permanently (the others are still delivered), 3 when some were left pending.
+
+    Example: digest send --subscriber ada@example.org --dry-run
+    """
+    from ..speed import Speedups
+
+    with Speedups.for_command(fetch=not no_fetch) as speed:
+        from .. import run
+
+        settings = ctx.settings()
+        try:
+            run.select_subscribers(settings, subscribers)
+        except DigestError as exc:
+            fail(f"error: {exc}", 2)
+        bar = _ProgressBar()
+        with ctx.store(settings) as store, bar, stop_on_signals() as stop:
+            report = run.send(
+                settings,
+                store,
+                subscribers=subscribers or None,
+                dry_run=dry_run,
+                fetch=not no_fetch,
+                progress=bar,
+                stop=stop,
+                speed=speed,
+            )
+    for feed in report.feeds:
+        out.print(f"feed {feed.feed}: {feed.describe()}", markup=False)
+    # Every problem is named; successes are listed one by one only when there are few.
+    few = len(report.outcomes) <= LIST_LIMIT
+    for outcome in report.outcomes:
+        if outcome.status == "sent" and not few:
+            continue
+        line = {
+            "planned": f"would send {outcome.subscriber}: {outcome.entries} entries, "
+            f"subject {outcome.subject!r}",
+            "sent": f"sent {outcome.subscriber}: {outcome.entries} entries"
+            + (f" (after {outcome.tries} attempts)" if outcome.tries > 1 else ""),
+            "pending": f"pending {outcome.subscriber}: {outcome.detail} (will retry)",
+            "failed": f"failed {outcome.subscriber}: {outcome.detail}",
+        }[outcome.status]
+        out.print(line, markup=False)
+    if len(report.nothing_new) <= LIST_LIMIT:
+        for email in report.nothing_new:
+            out.print(f"nothing new for {email}", markup=False)
+    if report.unreachable:
+        out.print(
+            f"SMTP server unusable, digests left in the outbox for later: {report.unreachable}", markup=False
+        )
+    summary = (
+        f"{report.count('planned')} digest(s) would be sent (dry run: nothing sent or recorded)"
+        if dry_run
+        else f"{report.count('sent')} sent, {report.count('pending')} pending, "
+        f"{report.count('failed')} failed, {report.retried} retried"
+    )
+    failed_feeds = sum(1 for f in report.feeds if f.result == "error")
+    out.print(
+        f"{summary}; {len(report.nothing_new)} with nothing new; {failed_feeds} feed error(s).", markup=False
+    )
+    if settings.smtp is None and report.count("sent"):
+        out.print(f"Emails are in the Maildir {settings.outbox.maildir}/new", markup=False)
+    sys.exit(report.exit_code)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT / SIGTERM set the event (finish what is in flight, then stop); a second one aborts."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        err.print(f"{signal.Signals(signum).name}: stopping after the messages in flight", markup=False)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _ProgressBar:
+    """A rich progress bar on a terminal, when more than a few digests are due."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def start(self, total: int) -> None:
+        if total > 5 and out.is_terminal:
+            from rich.progress import MofNCompleteColumn, Progress  # (only on a terminal)
+
+            self.bar = Progress(
+                *Progress.get_default_columns(), MofNCompleteColumn(), console=err, transient=True
+            )
+            self.task = self.bar.add_task("sending", total=total)
+            self.bar.start()
+
+    def advance(self, outcome: run.Outcome) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.advance(self.task)
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@main.command()
+@click.option("--subscriber", "-s", "email", required=True, metavar="EMAIL", help="Whose digest to preview.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="HTML file to write (default: a temporary file).",
+)
+@click.option(
+    "--text",
+    "text_output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the plain-text part here.",
+)
+@click.option("--no-fetch", is_flag=True, help="Use stored entries; do not fetch feeds first.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the preview in a web browser.")
+@click.pass_obj
+@handle_errors
+def preview(
+    ctx: Context,
+    email: str,
+    output: Path | None,
+    text_output: Path | None,
+    no_fetch: bool,
+    open_browser: bool,
+) -> None:
+    """Render a subscriber's next digest to an HTML file without sending or recording anything.
+
+    --open shows it in the browser named by $BROWSER, or else the desktop's default browser.
+
+    Example: digest preview --subscriber ada@example.org --output /tmp/ada.html
+    """
+    from .. import run
+
+    settings = ctx.settings()
+    try:
+        run.select_subscribers(settings, [email])
+    except DigestError as exc:
+        fail(f"error: {exc}", 2)
+    with ctx.store(settings) as store:
+        digest, rendered = run.preview(settings, store, email, fetch=not no_fetch)
+    if output is None:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(prefix="digest-preview-", suffix=".html", delete=False) as handle:
+            output = Path(handle.name)
+    output.write_text(rendered.html, encoding="utf-8")
+    if text_output:
+        text_output.write_text(rendered.text, encoding="utf-8")
+    out.print(f"Subject: {rendered.subject}", markup=False)
+    out.print(f"{digest.entry_count} entries ({digest.more_count} more not shown)", markup=False)
+    out.print(str(output.resolve()), markup=False)
+    if open_browser:
+        import webbrowser
+
+        url = output.resolve().as_uri()
+        if not webbrowser.open(url):  # $BROWSER, else the desktop's default browser
+            err.print(f"could not start a web browser: open {url} yourself", markup=False)

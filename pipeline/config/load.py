@@ -1,0 +1,201 @@
+"""Loading ``digest.toml``: read it, validate it, and report every problem with its line.
+
+The file is TOML (read with tomllib) validated with pydantic, then cross-checked (names that
+must exist, duplicates). Every problem is reported at once, each with the file, the line where
+it can be found, the key path and what is wrong, as a :class:`~pipeline.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError
+from .settings import DEFAULT_CONFIG, Settings
+
+CONFIG_ENV = "DIGEST_CONFIG"
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use: ``--config``, else ``$DIGEST_CONFIG``, else the default."""
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, validate and resolve the config file, or raise ConfigError listing every problem."""
+    file = config_path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{file}: config file not found (use --config PATH or ${CONFIG_ENV})"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{file}: cannot read config file: {exc}"]) from None
+    return parse_settings(text, file)
+
+
+def parse_settings(text: str, file: Path) -> Settings:
+    """Validate config text as if it were the file ``file``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError([f"{file}:{line[1] + ':' if line else ''} TOML syntax error: {exc}"]) from None
+    locator = _Locator(text)
+    problems: list[tuple[int | None, str]] = []
+    settings: Settings | None = None
+    if "path" in data:
+        problems.append((locator.line(("path",)), "path: unknown key"))
+    else:
+        # Absent sections are validated from {} so their default paths resolve like given ones.
+        sections: dict[str, Any] = {name: {} for name in ("digest", "fetch", "outbox")}
+        try:
+            settings = Settings.model_validate(
+                {**sections, **data, "path": file}, context={"base_dir": file.resolve().parent}
+            )
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = tuple(error["loc"])
+                problems.append((locator.line(loc), f"{_key_path(loc)}: {_message(error)}"))
+    for loc, message in _cross_check(data):
+        problems.append((locator.line(loc), f"{_key_path(loc)}: {message}"))
+    if problems or settings is None:
+        problems.sort(key=lambda p: p[0] or 0)
+        raise ConfigError([f"{file}:{line}: {msg}" if line else f"{file}: {msg}" for line, msg in problems])
+    return settings
+
+
+def key_line(text: str, key: tuple[str | int, ...]) -> int | None:
+    """The line of config ``text`` where the key path ``key`` (or its nearest parent) is written."""
+    return _Locator(text).line(key)
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing required key"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind.startswith(
+        ("string_pattern", "string_type", "int_", "bool_", "float_", "greater", "less", "too_")
+    ):
+        message += f" (got {error.get('input')!r})"
+    return message
+
+
+def _cross_check(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Checks across sections (names that must exist, duplicates), on the raw TOML data."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    feeds = data.get("feeds", [])
+    topics = data.get("topics", {})
+    subscribers = data.get("subscribers", [])
+    feed_names: set[str] = set()
+    if isinstance(feeds, list):
+        for i, feed in enumerate(feeds):
+            name = feed.get("name") if isinstance(feed, dict) else None
+            if isinstance(name, str):
+                if name in feed_names:
+                    problems.append((("feeds", i, "name"), f"duplicate feed name {name!r}"))
+                feed_names.add(name)
+    if isinstance(topics, dict):
+        for tname, topic in topics.items():
+            if not isinstance(topic, dict):
+                continue
+            if not topic.get("keywords") and not topic.get("query"):
+                problems.append((("topics", tname), "a topic needs `keywords` or a `query`"))
+            for j, feed in enumerate(topic.get("feeds", []) if isinstance(topic.get("feeds"), list) else []):
+                if isinstance(feed, str) and feed not in feed_names:
+                    problems.append(
+                        (
+                            ("topics", tname, "feeds", j),
+                            f"unknown feed {feed!r} (feeds: {_names(feed_names)})",
+                        )
+                    )
+    if isinstance(subscribers, list):
+        seen: set[str] = set()
+        for i, sub in enumerate(subscribers):
+            if not isinstance(sub, dict):
+                continue
+            email = sub.get("email")
+            if isinstance(email, str):
+                if email.strip().lower() in seen:
+                    problems.append((("subscribers", i, "email"), f"duplicate subscriber {email!r}"))
+                seen.add(email.strip().lower())
+            wanted = sub.get("topics")
+            if isinstance(wanted, list) and isinstance(topics, dict):
+                for j, name in enumerate(wanted):
+                    if isinstance(name, str) and name not in topics:
+                        problems.append(
+                            (
+                                ("subscribers", i, "topics", j),
+                                f"unknown topic {name!r} (topics: {_names(topics)})",
+                            )
+                        )
+    return problems
+
+
+def _names(names: Any) -> str:
+    return ", ".join(sorted(names)) or "none defined"
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    """``("subscribers", 2, "topics", 0)`` -> ``subscribers[3].topics[1]``: 1-based, as people count."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part + 1}]"
+        else:
+            out += ("." if out else "") + ("from" if part == "from_" else str(part))
+    return out or "(top level)"
+
+
+class _Locator:
+    """Finds the line of a key path in TOML text: tables, arrays of tables and plain keys.
+
+    tomllib keeps no positions, so this scans the text the way a reader would. It knows the
+    forms config files use (``[a.b]``, ``[[a]]``, ``key = value``, dotted keys); for anything
+    else it falls back to the nearest enclosing table it found.
+    """
+
+    _TABLE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
+    _KEY = re.compile(
+        r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+    )
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[Any, ...], int] = {}
+        counts: dict[tuple[str, ...], int] = {}
+        table: tuple[Any, ...] = ()
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._TABLE.match(line)
+            if header:
+                parts = tuple(self._split(header[2]))
+                if header[1] == "[[":
+                    index = counts.get(parts, 0)
+                    counts[parts] = index + 1
+                    table = (*parts, index)
+                else:
+                    table = parts
+                self.lines.setdefault(table, number)
+                continue
+            key = self._KEY.match(line)
+            if key:
+                self.lines.setdefault((*table, *self._split(key[1])), number)
+
+    @staticmethod
+    def _split(dotted: str) -> list[str]:
+        return [p.strip().strip("\"'") for p in re.findall(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""", dotted)]
+
+    def line(self, loc: tuple[Any, ...]) -> int | None:
+        loc = tuple("from" if p == "from_" else p for p in loc)
+        for end in range(len(loc), 0, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None

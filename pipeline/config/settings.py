@@ -1,0 +1,211 @@
+"""The sections of ``digest.toml`` as frozen pydantic models, and :class:`Settings`, the whole file.
+
+Relative paths in the file resolve against the folder the file is in (the validation context's
+``base_dir``). The value types come from :mod:`pipeline.config.values`; they are imported here
+at run time because pydantic resolves the models' annotations in this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from datetime import timedelta
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from .values import Duration, Email, Mailbox, Name, ScheduleValue, TimeZone, parse_schedule
+
+DEFAULT_CONFIG = Path("config/digest.toml")
+
+
+class _Section(BaseModel):
+    # validate_default: defaults such as database = "state/digest.db" resolve like given values.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, validate_default=True)
+
+
+def _resolve(value: str, info: ValidationInfo) -> str:
+    """Resolve a relative path against the config file's folder (URLs pass through)."""
+    if "://" in value:
+        return value
+    base = (info.context or {}).get("base_dir")
+    path = Path(value).expanduser()
+    if base is not None and not path.is_absolute():
+        path = Path(base) / path
+    return str(path)
+
+
+class DigestSection(_Section):
+    title: str = Field("Paper Digest", min_length=1, max_length=200)
+    database: str = "state/digest.db"
+    lookback: Duration = timedelta(days=7)
+    max_entries: int = Field(30, ge=1, le=1000)
+    send_empty: bool = False
+    timezone: TimeZone = ZoneInfo("UTC")
+    templates: str | None = None
+    summary_words: int = Field(120, ge=5, le=2000)
+    images: bool = False
+    base_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    admin: Email | None = None
+    retain: Duration = timedelta(days=90)
+    render_workers: int | None = Field(None, ge=0, le=16)  # for large sends; None: one per spare core
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str, info: ValidationInfo) -> str:
+        return value if "://" in value else _resolve(value, info)
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve(value, info)
+
+    @property
+    def database_url(self) -> str:
+        """An SQLAlchemy URL for ``database`` (a plain path means an SQLite file)."""
+        return self.database if "://" in self.database else f"sqlite:///{self.database}"
+
+
+class FetchSection(_Section):
+    every: Duration = timedelta(hours=1)
+    timeout: Duration = timedelta(seconds=20)
+    max_bytes: int = Field(10_000_000, ge=1024)
+    concurrency: int = Field(8, ge=1, le=64)
+    alert_after: Duration = timedelta(hours=24)
+
+
+class SmtpSection(_Section):
+    host: str = Field(min_length=1)
+    port: int | None = Field(None, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    username: str | None = None
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    from_: Mailbox = Field(alias="from")
+    rate: float | None = Field(None, gt=0)
+    connections: int = Field(1, ge=1, le=32)
+    ca_file: str | None = None
+    timeout: Duration = timedelta(seconds=30)
+    retries: int = Field(3, ge=1, le=10)
+    retry_delay: Duration = timedelta(seconds=2)
+    give_up_after: Duration = timedelta(days=2)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve(value, info)
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or {"none": 25, "starttls": 587, "tls": 465}[self.security]
+
+    def password(self) -> str | None:
+        """The password from the environment variable ``password_env`` names, if any."""
+        return os.environ.get(self.password_env) if self.password_env else None
+
+
+class OutboxSection(_Section):
+    maildir: str = "outbox"
+    from_: Mailbox = Field("Paper Digest <digest@localhost.localdomain>", alias="from")
+
+    @field_validator("maildir")
+    @classmethod
+    def _maildir(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve(value, info)
+
+
+class FeedConfig(_Section):
+    name: Name
+    url: str = Field(min_length=1)
+    every: Duration | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith(("http://", "https://")):
+            return value
+        if "://" in value and not value.startswith("file://"):
+            raise ValueError(f"unsupported URL {value!r}: use http(s):// or a local file path")
+        return _resolve(value.removeprefix("file://"), info)
+
+    @property
+    def is_local(self) -> bool:
+        return not self.url.startswith(("http://", "https://"))
+
+
+class TopicConfig(_Section):
+    title: str | None = Field(None, max_length=200)
+    keywords: list[Annotated[str, Field(min_length=1)]] = []
+    exclude: list[Annotated[str, Field(min_length=1)]] = []
+    query: str | None = None
+    feeds: list[str] = []
+
+
+class SubscriberConfig(_Section):
+    email: Email
+    name: str | None = Field(None, max_length=200)
+    topics: list[str] = Field(min_length=1)
+    schedule: ScheduleValue = parse_schedule("daily 07:00")
+    timezone: TimeZone | None = None
+
+
+class Settings(_Section):
+    """The whole validated configuration; ``path`` is the file it came from."""
+
+    path: Path = DEFAULT_CONFIG
+    digest: DigestSection = DigestSection()
+    fetch: FetchSection = FetchSection()
+    smtp: SmtpSection | None = None
+    outbox: OutboxSection = OutboxSection()
+    feeds: list[FeedConfig] = []
+    topics: dict[Name, TopicConfig] = {}
+    subscribers: list[SubscriberConfig] = []
+
+    def topic_title(self, name: str) -> str:
+        topic = self.topics[name]
+        return topic.title or name
+
+    def subscriber(self, email: str) -> SubscriberConfig | None:
+        wanted = email.strip().lower()
+        return next((s for s in self.subscribers if s.email.lower() == wanted), None)
+
+    def zone_of(self, subscriber: SubscriberConfig) -> ZoneInfo:
+        return subscriber.timezone or self.digest.timezone
+
+    def feed_interval(self, feed: FeedConfig) -> timedelta:
+        return feed.every or self.fetch.every
+
+    @property
+    def sender(self) -> str:
+        """The ``From`` header value for every digest."""
+        return self.smtp.from_ if self.smtp else self.outbox.from_
+
+    @property
+    def list_id(self) -> str:
+        """The digest's list identifier (RFC 2919): ``Title <slug.sender-domain>``."""
+        domain = sender_address(self.sender).rpartition("@")[2] or "localhost"
+        title = self.digest.title
+        slug = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") or "digest"
+        return f"{title} <{slug}.{domain}>"
+
+    def unsubscribe_url(self, email: str) -> str:
+        """Where a subscriber's unsubscribe link points: the web endpoint, else a mailto."""
+        if self.digest.base_url:
+            return f"{self.digest.base_url.rstrip('/')}/unsubscribe?email={quote(email)}"
+        address = sender_address(self.sender)
+        return f"mailto:{address}?subject={quote('unsubscribe ' + email)}"
+
+    def unsubscribe_links(self, email: str) -> list[str]:
+        """The targets of a digest's List-Unsubscribe header (RFC 2369), web endpoint first."""
+        links = [self.unsubscribe_url(email)] if self.digest.base_url else []
+        return [*links, f"mailto:{sender_address(self.sender)}?subject=unsubscribe"]
+
+
+# Cached: parseaddr is not cheap, and every digest of a run asks about the same sender.
+@functools.lru_cache(maxsize=16)
+def sender_address(sender: str) -> str:
+    """The bare address of a ``Name <addr>`` sender."""
+    return parseaddr(sender)[1]

@@ -1,0 +1,183 @@
+"""Delivering many messages over a few connections, with retries within the run.
+
+:class:`ConnectionPool` runs one transport per connection in worker threads, so rendering the
+next digest overlaps sending the last one. A message that meets a transient error is retried a
+few times within the run, seconds apart, without holding up the others. When the server cannot
+be used at all (no connection, TLS or login failing even after retries) the pool stops trying
+and hands every remaining message back as undelivered: nothing is dropped, the caller leaves it
+in the outbox for later.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import DeliveryError
+from ..models import OutgoingMessage
+
+if TYPE_CHECKING:
+    from . import Transport
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """The end of one message's delivery in this run: sent (``error`` is None) or not."""
+
+    key: int
+    message: OutgoingMessage
+    error: DeliveryError | None
+    tries: int  # SMTP attempts made in this run
+
+
+@dataclass(slots=True)
+class _Job:
+    key: int
+    message: OutgoingMessage
+    tries: int = 0
+
+
+class ConnectionPool:
+    """Delivers submitted messages over ``connections`` transports in worker threads.
+
+    ``submit`` never blocks; ``results`` returns what has finished; ``on_sent`` is called from
+    the worker thread as soon as the server accepts a message. Message-level transient
+    failures are retried up to ``retries`` times, ``retry_delay`` apart, while other messages
+    go on. Connection-level failures are retried the same way; if the server still cannot be
+    used, ``unreachable`` is set and every remaining message comes back undelivered.
+    """
+
+    def __init__(
+        self,
+        make_transport: Callable[[], Transport],
+        *,
+        connections: int = 1,
+        retries: int = 3,
+        retry_delay: float = 2.0,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        self.make_transport = make_transport
+        self.on_sent = on_sent
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.unreachable: str | None = None
+        self._cond = threading.Condition()
+        self._work: deque[_Job] = deque()
+        self._delayed: list[tuple[float, int, _Job]] = []
+        self._order = itertools.count()
+        self._done: deque[Attempted] = deque()
+        self._closing = False
+        self._abandoned: str | None = None
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"smtp-{i}", daemon=True) for i in range(connections)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, key: int, message: OutgoingMessage) -> None:
+        with self._cond:
+            if self._abandoned:
+                self._finish(_Job(key, message), DeliveryError(self._abandoned, transient=True))
+            elif self.unreachable:
+                self._finish(_Job(key, message), self._unreachable_error())
+            else:
+                self._work.append(_Job(key, message))
+            self._cond.notify_all()
+
+    def results(self, timeout: float | None = None) -> list[Attempted]:
+        """Finished messages; waits up to ``timeout`` seconds for at least one (None: forever)."""
+        with self._cond:
+            if not self._done and timeout != 0:
+                self._cond.wait_for(lambda: bool(self._done), timeout)
+            done = list(self._done)
+            self._done.clear()
+            return done
+
+    def abandon(self, reason: str) -> None:
+        """Hand back every job not yet started; jobs in flight finish, but are not retried."""
+        with self._cond:
+            self._abandoned = reason
+            error = DeliveryError(reason, transient=True)
+            for waiting in [*self._work, *(entry[2] for entry in self._delayed)]:
+                self._finish(waiting, error)
+            self._work.clear()
+            self._delayed.clear()
+
+    def close(self) -> None:
+        """Stop the workers after the jobs already submitted, and close every connection."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+    def _unreachable_error(self) -> DeliveryError:
+        return DeliveryError(f"server unusable: {self.unreachable}", transient=True, connection=True)
+
+    def _finish(self, job: _Job, error: DeliveryError | None) -> None:
+        # Called with the lock held.
+        self._done.append(Attempted(job.key, job.message, error, job.tries))
+        self._cond.notify_all()
+
+    def _next(self) -> _Job | None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._delayed and self._delayed[0][0] <= now:
+                    return heapq.heappop(self._delayed)[2]
+                if self._work:
+                    return self._work.popleft()
+                if self._closing and not self._delayed:
+                    return None
+                self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
+
+    def _retry_later(self, job: _Job) -> None:
+        with self._cond:
+            heapq.heappush(self._delayed, (time.monotonic() + self.retry_delay, next(self._order), job))
+            self._cond.notify_all()
+
+    def _worker(self) -> None:
+        transport: Transport | None = None
+        try:
+            while (job := self._next()) is not None:
+                if self.unreachable:
+                    with self._cond:
+                        self._finish(job, self._unreachable_error())
+                    continue
+                job.tries += 1
+                try:
+                    if transport is None:
+                        transport = self.make_transport()
+                    transport.send(job.message)
+                except DeliveryError as exc:
+                    self._give_up_or_retry(job, exc)
+                    continue
+                if self.on_sent is not None:
+                    self.on_sent(job.key)  # straight from the 250: the window for a re-send stays tiny
+                with self._cond:
+                    self._finish(job, None)
+        finally:
+            if transport is not None:
+                transport.close()
+
+    def _give_up_or_retry(self, job: _Job, exc: DeliveryError) -> None:
+        # A refused login will not succeed on retry; other connection failures might.
+        hopeless = exc.connection and exc.code in (530, 534, 535, 538)
+        if exc.transient and job.tries < self.retries and not hopeless and not self._abandoned:
+            self._retry_later(job)
+            return
+        with self._cond:
+            if exc.connection:
+                # The server cannot be used now: hand back everything still waiting.
+                self.unreachable = str(exc)
+                for waiting in [*self._work, *(entry[2] for entry in self._delayed)]:
+                    self._finish(waiting, self._unreachable_error())
+                self._work.clear()
+                self._delayed.clear()
+            self._finish(job, exc)

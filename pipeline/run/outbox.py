@@ -1,0 +1,208 @@
+"""Delivering the outbox: claim due rows, render, compose, send, record each outcome.
+
+Rows are claimed in batches (pending -> sending, with a lease), so a concurrent ``send`` or
+``digest run`` never takes the same digest. The server's acceptances are recorded as they come
+(:mod:`pipeline.run.recorder`); a transient failure puts a row back as pending with exponential
+backoff until ``give_up_after``; a permanent one marks it failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta
+
+from ..config import Settings
+from ..deliver import Attempted, ConnectionPool, transport_factory
+from ..errors import DeliveryError, RenderError
+from ..models import Digest, Entry
+from ..speed import Speedups
+from ..store import OutboxRow, Store, owner_id, utcnow
+from .clock import Clock
+from .recorder import SentRecorder
+from .reports import Outcome, Progress, SendReport
+from .stored import digest_from_row
+
+log = logging.getLogger("digest")
+
+LEASE = timedelta(minutes=10)
+FIRST_RETRY = timedelta(minutes=1)
+MAX_RETRY = timedelta(hours=1)
+CLAIM_BATCH = 50
+INTERRUPTED = "interrupted before sending"
+
+
+def deliver_due(
+    settings: Settings,
+    store: Store,
+    report: SendReport | None = None,
+    *,
+    clock: Clock = utcnow,
+    progress: Progress | None = None,
+    stop: threading.Event | None = None,
+    speed: Speedups | None = None,
+) -> SendReport:
+    """Deliver every due outbox row: claim, render, compose, send, record each outcome.
+
+    Rows are claimed in batches (pending -> sending, with a lease), so a concurrent ``send``
+    or ``digest run`` never takes the same digest. Sent rows are recorded as the server
+    accepts them; a transient failure puts the row back as pending with exponential backoff
+    until ``give_up_after``; a permanent one marks it failed. When ``stop`` is set, the
+    messages in flight finish and every other claimed digest goes back to the outbox, due now.
+    ``speed`` holds the render pool and the digests this process just planned (which are then
+    not rebuilt from their stored form); without it, digests are rendered here.
+    """
+    report = report if report is not None else SendReport()
+    if progress:
+        progress.start(store.count_due(clock()))
+    outbox = OutboxRun(
+        settings, store, report, clock, progress, stop or threading.Event(), speed or Speedups()
+    )
+    try:
+        outbox.run()
+    finally:
+        outbox.close()
+    return report
+
+
+class OutboxRun:
+    """One run of the outbox: claims due rows, renders and sends them, records each outcome;
+    keeps at most a window of claimed rows in flight."""
+
+    WINDOW = CLAIM_BATCH  # rows in flight beyond the claim at hand (each a whole message)
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        report: SendReport,
+        clock: Clock,
+        progress: Progress | None,
+        stop: threading.Event,
+        speed: Speedups,
+    ) -> None:
+        self.settings, self.store, self.report, self.clock = settings, store, report, clock
+        self.progress, self.stop, self.speed = progress, stop, speed
+        self.rendering = speed.render_pool(settings)
+        self.entries: dict[int, Entry] = {}  # loaded for digests rebuilt from the outbox
+        self.owner = owner_id()
+        self.held: dict[int, tuple[OutboxRow, int]] = {}  # row id -> (row, entries in it)
+        self.connections: ConnectionPool | None = None
+        self.recorder: SentRecorder | None = None
+        self.lease_renewed = time.monotonic()
+
+    def run(self) -> None:
+        exhausted = abandoned = False
+        while True:
+            # (abandoned, not exhausted: a stop after the last claim must still hand back the queue)
+            if self.stop.is_set() and not abandoned:
+                exhausted = abandoned = True
+                if self.connections is not None:
+                    self.connections.abandon(INTERRUPTED)
+            room = len(self.held) < self.WINDOW and not (self.connections and self.connections.unreachable)
+            if not exhausted and room:
+                exhausted = not self._claim_batch()
+                continue
+            if not self.held:
+                return
+            assert self.connections is not None
+            self._record(self.connections.results(timeout=1.0))
+            self._renew_leases()
+
+    def _claim_batch(self) -> bool:
+        with self.report.timed("  claim"):
+            rows = self.store.claim(self.clock(), lease=LEASE, owner=self.owner, limit=CLAIM_BATCH)
+        if not rows:
+            return False
+        if self.connections is None:
+            smtp = self.settings.smtp
+            self.recorder = SentRecorder(self.store, self.clock)
+            self.connections = ConnectionPool(
+                transport_factory(self.settings),
+                connections=smtp.connections if smtp else 1,
+                retries=smtp.retries if smtp else 1,
+                retry_delay=smtp.retry_delay.total_seconds() if smtp else 0.0,
+                on_sent=self.recorder.add,
+            )
+        with self.report.timed("  claim"):
+            digests = self._digests(rows)
+        step = self.rendering.step or len(rows)  # (each message goes as soon as it is rendered)
+        for start in range(0, len(rows), step):
+            part = slice(start, start + step)
+            with self.report.timed("  render"):
+                messages = self.rendering.messages(digests[part])
+            for row, digest, message in zip(rows[part], digests[part], messages, strict=True):
+                if isinstance(message, RenderError):
+                    self.store.mark_failed(row.id, str(message))
+                    log.error("digest to=%s failed=%r", row.subscriber, str(message))
+                    self._report(Outcome(row.subscriber, digest.entry_count, "failed", str(message)))
+                    continue
+                self.held[row.id] = (row, digest.entry_count)
+                self.connections.submit(row.id, message)
+        # Record whatever already finished, so memory and leases stay bounded.
+        self._record(self.connections.results(timeout=0))
+        return True
+
+    def _digests(self, rows: list[OutboxRow]) -> list[Digest]:
+        """The digests these rows hold: as planned by this run, else rebuilt from the outbox."""
+        # (taken once: a digest claimed again after a failure is rebuilt, the same)
+        planned = {row.id: self.speed.take_planned(row.message_id) for row in rows}
+        stored = [row.id for row in rows if planned[row.id] is None]
+        specs = self.store.specs(stored) if stored else {}
+        wanted = {eid for spec in specs.values() for s in spec["sections"] for eid, _, _ in s["entries"]}
+        self.entries.update(self.store.entries_by_id(wanted - self.entries.keys()))
+        return [planned[row.id] or digest_from_row(row, specs[row.id], self.entries) for row in rows]
+
+    def _record(self, attempts: list[Attempted]) -> None:
+        # Sent rows were already recorded by the SentRecorder; here they are only reported.
+        for attempt in attempts:
+            row, entries = self.held.pop(attempt.key)
+            if attempt.error is None:
+                log.info("digest to=%s entries=%d sent", row.subscriber, entries)
+                self._report(Outcome(row.subscriber, entries, "sent", tries=attempt.tries))
+            else:
+                self._report(self._failure(row, attempt.error, entries, attempt.tries))
+
+    def _failure(self, row: OutboxRow, exc: DeliveryError, entries: int, tries: int) -> Outcome:
+        now = self.clock()
+        if str(exc) == INTERRUPTED:
+            # Never attempted: back to the outbox, due at once, for the next send or run.
+            self.store.mark_retry(row.id, INTERRUPTED, now)
+            return Outcome(row.subscriber, entries, "pending", INTERRUPTED, tries=tries)
+        if exc.connection:
+            self.report.unreachable = str(exc)
+        if exc.transient and now < row.deliver_until:
+            self.store.mark_retry(row.id, str(exc), _next_attempt(row, now))
+            log.warning("digest to=%s pending=%r", row.subscriber, str(exc))
+            return Outcome(row.subscriber, entries, "pending", str(exc), tries=tries)
+        reason = str(exc) if not exc.transient else f"gave up after {row.attempts} attempts: {exc}"
+        self.store.mark_failed(row.id, reason)
+        log.error("digest to=%s failed=%r", row.subscriber, reason)
+        return Outcome(row.subscriber, entries, "failed", reason, tries=tries)
+
+    def _report(self, outcome: Outcome) -> None:
+        self.report.outcomes.append(outcome)
+        if self.progress:
+            self.progress.advance(outcome)
+
+    def _renew_leases(self) -> None:
+        # Rows waiting for in-run retries must not look abandoned to another process.
+        if self.held and time.monotonic() - self.lease_renewed > LEASE.total_seconds() / 3:
+            self.store.renew(list(self.held), self.clock() + LEASE, self.owner)
+            self.lease_renewed = time.monotonic()
+
+    def close(self) -> None:
+        if self.connections is not None:
+            self.connections.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.connections is not None:
+            # Anything the workers finished while closing is recorded, never lost.
+            self._record(self.connections.results(timeout=0))
+
+
+def _next_attempt(row: OutboxRow, now: datetime) -> datetime:
+    """Exponential backoff: 1 min, doubling, at most 1 h, never past ``deliver_until``."""
+    delay: timedelta = min(FIRST_RETRY * 2 ** max(0, row.attempts - 1), MAX_RETRY)
+    return min(now + delay, row.deliver_until)
