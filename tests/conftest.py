@@ -1,6 +1,8 @@
-"""Shared fixtures: a real SMTP server (aiosmtpd), a real HTTP server for feeds, configs, the CLI.
+"""Shared fixtures and helpers: a real SMTP server (aiosmtpd), a real HTTP server for feeds,
+configs, the CLI, reading messages back, and the state database as the tests look into it.
 
-Nothing of ours is mocked: tests talk to servers on 127.0.0.1 over real sockets.
+Nothing of ours is mocked: tests talk to servers on 127.0.0.1 over real sockets. Test modules
+share helpers only through this file and ``samples.py`` (never by importing each other).
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import gzip
 import hashlib
 import http.server
 import json
+import os
+import re
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -21,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -33,8 +41,11 @@ from aiosmtpd.controller import Controller
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
+from pipeline.config import Settings, load_settings
 from pipeline.fetch import Network
+from pipeline.store import QueuedDigest, Store, utcnow
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository: README.md, templates/, docs/
 DATA = Path(__file__).parent / "data"
 
 
@@ -471,6 +482,15 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+def http_feeds(server: FeedServer) -> dict[str, str]:
+    """BASE_CONFIG's three feeds served over HTTP (``write_config(feeds=...)``)."""
+    return {
+        "arxiv": server.url("arxiv-cs.xml"),
+        "hf": server.url("hf-papers.xml"),
+        "blog": server.url("lab-blog.xml"),
+    }
+
+
 @pytest.fixture
 def cli() -> Callable[..., Result]:
     """Run the real ``digest`` command line in-process."""
@@ -488,6 +508,12 @@ def body_text(message: EmailMessage) -> str:
     return str(part.get_content())
 
 
+def text_titles(text: str) -> list[str]:
+    """The entry titles a text part lists, in order ("* Title" lines, unwrapped)."""
+    found = re.findall(r"^\* (.+?)\n  (?:https?://|\(no link\))", text, re.M | re.S)
+    return [" ".join(t.split()) for t in found]
+
+
 def html_titles(html: str) -> set[str]:
     """The entry titles an HTML digest shows (text of each ``.entry-title``)."""
     tree = lxml.html.fromstring(html)
@@ -498,3 +524,157 @@ def body_html(message: EmailMessage) -> str:
     part = message.get_body(("html",))
     assert part is not None
     return str(part.get_content())
+
+
+# --- the outbox: many subscribers of one paper, and the deliveries table ----------------------
+
+ONE_PAPER_FEED = """<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0"><channel><title>One paper</title><link>https://example.org/</link>
+<description>x</description>
+<item><title>Spiking neural networks for everyone</title><link>https://example.org/snn</link>
+<guid>https://example.org/snn</guid><description>An SNN paper.</description>
+<pubDate>Fri, 27 Nov 2026 10:00:00 +0000</pubDate></item>
+</channel></rss>
+"""
+
+
+def many(tmp_path: Path, n: int, smtp: str, *, extra_digest: str = "") -> Path:
+    """A config with n subscribers, each getting a one-entry digest (``ONE_PAPER_FEED``)."""
+    (tmp_path / "feed.xml").write_text(ONE_PAPER_FEED)
+    subscribers = "".join(
+        f'[[subscribers]]\nemail = "user{i}@example.org"\ntopics = ["snn"]\n\n' for i in range(n)
+    )
+    config = tmp_path / "digest.toml"
+    config.write_text(
+        f'[digest]\ntitle = "T"\nlookback = "3650d"\n{extra_digest}\n'
+        '[[feeds]]\nname = "one"\nurl = "feed.xml"\n\n'
+        '[topics.snn]\nkeywords = ["SNN"]\n\n'
+        f"{subscribers}{smtp}"
+    )
+    return config
+
+
+def state_db(tmp_path: Path) -> sqlite3.Connection:
+    """The state database of a config in ``tmp_path`` (its default ``state/digest.db``)."""
+    return sqlite3.connect(tmp_path / "state" / "digest.db")
+
+
+def delivery_states(tmp_path: Path) -> dict[str, str]:
+    """Each subscriber's outbox state (pending, sending, sent, failed)."""
+    with state_db(tmp_path) as db:
+        return dict(db.execute("select subscriber, state from deliveries"))
+
+
+def delivery_rows(tmp_path: Path) -> list[dict[str, Any]]:
+    """The outbox rows, oldest first, as dicts."""
+    with state_db(tmp_path) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("select * from deliveries order by id")]
+
+
+def queue_outbox(store: Store, rows: int) -> datetime:
+    """``rows`` pending deliveries (without entries) in the outbox; returns their due time."""
+    now = utcnow()
+    store.enqueue(
+        [
+            QueuedDigest(f"u{i}@example.org", f"<{i}@test>", now, now + timedelta(days=1), (), (), "{}")
+            for i in range(rows)
+        ]
+    )
+    return now
+
+
+def send_process(config: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``digest send`` in a child process (which a test may signal or kill)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "send", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
+    """Poll ``predicate`` until it holds; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.02)
+
+
+# --- feeds from the loopback server under a config of their own --------------------------------
+
+FEEDS_CONFIG = """
+[digest]
+title = "Test Digest"
+database = "state/digest.db"
+lookback = "3650d"
+{digest}
+
+[fetch]
+timeout = "{timeout}"
+{fetch}
+
+{feeds}
+
+[topics.spiking]
+keywords = ["spiking", "SNN", "neuromorphic"]
+
+[topics.rl]
+keywords = ["reinforcement learning", "RL", "bandit", "policy gradient"]
+
+[topics.hf-spiking]
+keywords = ["spiking"]
+feeds = ["papers-hf"]
+
+[[subscribers]]
+email = "ada@example.org"
+topics = ["spiking", "rl"]
+
+[[subscribers]]
+email = "grace@example.org"
+topics = ["hf-spiking"]
+"""
+
+
+def config_text(
+    feeds: dict[str, str], *, timeout: str = "5s", digest: str = "", fetch: str = "", smtp: str = ""
+) -> str:
+    """FEEDS_CONFIG for these feeds (name -> URL or path), with extra [digest] / [fetch] lines."""
+    feed_tables = "\n".join(f'[[feeds]]\nname = "{name}"\nurl = "{url}"\n' for name, url in feeds.items())
+    text = FEEDS_CONFIG.format(digest=digest, timeout=timeout, fetch=fetch, feeds=feed_tables)
+    if "papers-hf" not in feeds:  # the topic restricted to papers-hf needs that feed
+        text = text.replace('feeds = ["papers-hf"]', "")
+    return text + "\n" + smtp
+
+
+@pytest.fixture
+def configure(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config for these feeds (name -> URL or path) and return its path."""
+
+    def write(feeds: dict[str, str], **options: str) -> Path:
+        path = tmp_path / "digest.toml"
+        path.write_text(config_text(feeds, **options), encoding="utf-8")
+        return path
+
+    return write
+
+
+@contextmanager
+def opened(config: Path) -> Iterator[tuple[Settings, Store]]:
+    """The config's settings and its store, open for the block."""
+    settings = load_settings(config)
+    with Store(settings.digest.database_url) as store:
+        yield settings, store
+
+
+def serve(feed_server: FeedServer, name: str, source: str | None = None, *, text: str | None = None) -> str:
+    """Put a feed file on the server (from tests/data or given text) and return its URL."""
+    path = feed_server.directory / name
+    if text is None:
+        path.write_bytes((DATA / (source or name)).read_bytes())
+    else:
+        path.write_text(text, encoding="utf-8")
+    later = time.time() + 2 * len(feed_server.requests) + 2  # Last-Modified has 1 s resolution
+    os.utime(path, (later, later))
+    return feed_server.url(name)

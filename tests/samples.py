@@ -1,4 +1,5 @@
-"""Sample digests for the rendering tests, the screenshots and the benchmark's sanity checks.
+"""Sample digests for the rendering tests, the screenshots and the benchmark's sanity checks,
+and the titles each topic of the sample config (``conftest.BASE_CONFIG``) matches.
 
 The real pipeline builds them: the feed files of ``tests/data`` (or given items) go through
 parse and store into a real SQLite file, and ``run.plan_digests`` matches and groups them,
@@ -19,6 +20,36 @@ from pipeline.store import Store
 
 NOW = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
 FEEDS = ("arxiv-cs", "hf-papers", "lab-blog")
+
+# The titles each topic of BASE_CONFIG takes from the tests/data feeds; NEVER, none takes.
+SPIKING = {
+    "Surrogate Gradient Learning in Deep Spiking Neural Networks Without Batch Normalization",
+    "Event-Driven Keyword Spotting on a Neuromorphic Chip at 40 Microwatts",
+    "Liquid State Machines Revisited: Reservoir Size, Sparsity and Memory Capacity",
+    "Energy-Efficient Spiking Transformers for Event Camera Object Detection",
+    "A roadmap for neuromorphic hardware in the data centre",
+}
+RL = {
+    "Offline Reinforcement Learning with Conservative Value Ensembles",
+    "Reward Models That Know What They Don't Know: Uncertainty-Aware RLHF",
+    "Multi-Armed Bandits with Delayed and Aggregated Feedback",
+    "Model-Based Reinforcement Learning for Legged Robots from Ten Minutes of Data",
+    "How we taught agents to explore with sparse rewards",
+}
+DIFFUSION = {
+    "Consistency Distillation for One-Step Text-to-Image Diffusion Models",
+    "Score-Based Generative Modeling of Protein Backbones with SE(3) Equivariance",
+    "Diffusion models, explained with pictures",
+}
+ROBOTS = {
+    "Model-Based Reinforcement Learning for Legged Robots from Ten Minutes of Data",
+    "Diffusion Policies for Dexterous Manipulation with Tactile Feedback",
+}
+NEVER = {
+    "Deep Reinforcement Learning for High-Frequency Trading Under Market Impact",  # excluded: trading
+    "A Survey of Neuromorphic Computing: Devices, Algorithms and Applications",  # excluded: survey
+    "We are hiring research engineers",
+}
 
 HOSTILE_SUMMARY = """
 <p>Spiking neural networks <script>alert('x')</script>meet <b onclick="steal()">neuromorphic</b> chips.

@@ -17,10 +17,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import FeedServer, SmtpServer, body_text, smtp_section
+from conftest import FeedServer, SmtpServer, body_text, smtp_section, text_titles
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_send import titles
 
 from pipeline.config import load_settings, parse_schedule
 from pipeline.schedule import Scheduler, last_fire, next_fire, trigger_for
@@ -252,7 +251,7 @@ def daemons() -> Iterator[list[Daemon]]:
 
 
 def received(smtp: SmtpServer, address: str) -> list[set[str]]:
-    return [titles(body_text(m)) for m in smtp.handler.to(address)]
+    return [set(text_titles(body_text(m))) for m in smtp.handler.to(address)]
 
 
 def test_run_delivers_on_schedule_new_entries_next_time_and_stops_on_sigterm(

@@ -20,14 +20,13 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from conftest import BASE_CONFIG, DATA, SmtpHandler, SmtpServer, serving_smtp, smtp_section
+from conftest import BASE_CONFIG, DATA, ROOT, SmtpHandler, SmtpServer, serving_smtp, smtp_section
 from samples import HOSTILE_ITEMS, sample_config, sample_digests
 
 from pipeline.errors import RenderError
 from pipeline.models import Digest, Match, OutgoingMessage
 from pipeline.speed.render_pool import MIN_SUBSCRIBERS, RenderPool, pool_size
 
-ROOT = Path(__file__).parent.parent
 _LOG = re.compile(r"^\d{4}-\d\d-\d\dT")  # a log line (they go where logging was set up)
 
 

@@ -1,10 +1,10 @@
 """Rendering: golden files, pieces == whole email, the layout, templates and their errors.
 
-Golden files live in tests/golden/. After a deliberate template change, regenerate them with
+Golden files live in tests/render/golden/. After a deliberate template change, regenerate them with
 
-    DIGEST_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/test_render.py
+    DIGEST_REGENERATE_GOLDEN=1 .venv/bin/pytest tests/render/test_render.py
 
-and review the diff (``git diff tests/golden``) like any other change.
+and review the diff (``git diff tests/render/golden``) like any other change.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 import jinja2
 import lxml.html
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from samples import HOSTILE_ITEMS, sample_config, sample_digests
@@ -47,8 +48,9 @@ def _golden(name: str, text: str) -> None:
         if not REGENERATE:
             pytest.fail(f"{path} did not exist: written, check it in")
     assert text == path.read_text(encoding="utf-8"), (
-        f"{name} differs from the golden file: if the change is intended, "
-        "run DIGEST_REGENERATE_GOLDEN=1 pytest tests/test_render.py and review git diff tests/golden"
+        f"{name} differs from the golden file: if the change is intended, run "
+        "DIGEST_REGENERATE_GOLDEN=1 pytest tests/render/test_render.py "
+        "and review git diff tests/render/golden"
     )
 
 
@@ -247,8 +249,9 @@ def test_summary_words_setting_cuts_html_and_text_alike(tmp_path: Path) -> None:
     settings = sample_config(tmp_path, digest="summary_words = 10")
     digest = sample_digests(settings)["ada@example.org"]
     rendered = Renderer(settings).render(digest)
-    for summary in _tree(rendered.html).find_class("summary"):
-        text = summary.text_content().split()
+    summaries = [s.text_content().split() for s in _tree(rendered.html).find_class("summary")]
+    assert len(summaries) == digest.entry_count and any(s[-1] == "…" for s in summaries)
+    for text in summaries:
         assert len(text) <= 11 and (len(text) < 10 or text[-1] == "…")
     assert "(SNNs) promise energy-efficient inference on neuromorphic hardware, …" in " ".join(
         rendered.text.split()
@@ -292,7 +295,7 @@ def _override(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_override_folder_replaces_templates_by_name(tmp_path: Path) -> None:
-    entry = (Path(__file__).parent.parent / "templates" / "_entry.html.j2").read_text()
+    entry = (ROOT / "templates" / "_entry.html.j2").read_text()
     folder = _override(
         tmp_path,
         {
@@ -338,7 +341,7 @@ def test_feed_text_is_never_template_code(samples: dict[str, tuple[Renderer, Dig
 def test_sibling_selectors_make_the_renderer_inline_whole_emails(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    css = (Path(__file__).parent.parent / "templates" / "style.css").read_text()
+    css = (ROOT / "templates" / "style.css").read_text()
     folder = _override(tmp_path, {"style.css": css + "\n.entry + .entry { border-top: 1px solid red; }\n"})
     settings = sample_config(tmp_path, digest=f'templates = "{folder}"')
     digests = sample_digests(settings)
@@ -406,7 +409,7 @@ def _colours(dark: bool) -> dict[str, str]:
     """Each rule's color and background-color in the built-in stylesheet, dark overrides applied."""
     import cssutils
 
-    css = (Path(__file__).parent.parent / "templates" / "style.css").read_text()
+    css = (ROOT / "templates" / "style.css").read_text()
     sheet = cssutils.parseString(css, validate=False)
     found: dict[str, str] = {}
 

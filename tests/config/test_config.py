@@ -1,4 +1,5 @@
-"""The config file: every kind of mistake gets file, line, key path and what is wrong."""
+"""The config file: every kind of mistake gets file, line, key path and what is wrong; and what
+the settings derive (the list id and unsubscribe links every message carries)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
+from conftest import SmtpServer, many, smtp_section
 from email_validator import EmailNotValidError, validate_email
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -292,3 +294,23 @@ def test_an_address_is_taken_exactly_as_email_validator_takes_it(local: str, dom
             email_address(address)
     else:
         assert email_address(address) == expected
+
+
+# --- what the settings derive ---------------------------------------------------------------------
+
+
+def test_list_unsubscribe_one_click_with_a_base_url(
+    cli: Callable[..., Result], tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    config = many(
+        tmp_path, 1, smtp_section(smtp_server), extra_digest='base_url = "https://digest.example.net"'
+    )
+    assert cli("--config", config, "send").exit_code == 0
+    (message,) = smtp_server.handler.messages
+    assert str(message["List-Unsubscribe"]).strip() == (
+        "<https://digest.example.net/unsubscribe?email=user0%40example.org>, "
+        "<mailto:digest@example.net?subject=unsubscribe>"
+    )
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["List-Id"] == "T <t.example.net>"
+    assert message["Message-ID"].endswith("@example.net>")

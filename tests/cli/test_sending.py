@@ -1,61 +1,40 @@
-"""End to end: the real CLI fetching from a loopback HTTP server and sending to a loopback SMTP server."""
+"""`digest send` and `digest preview` end to end: the real CLI fetching from a loopback HTTP server
+and sending to a loopback SMTP server (or into a Maildir); a SIGTERM in the middle of a send."""
 
 from __future__ import annotations
 
 import mailbox
 import os
-import re
+import signal
 import sqlite3
+import time
+from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 from click.testing import Result
-from conftest import FeedServer, SmtpServer, body_html, body_text, html_titles, smtp_section
+from conftest import (
+    FeedServer,
+    SmtpHandler,
+    SmtpServer,
+    body_html,
+    body_text,
+    delivery_states,
+    html_titles,
+    http_feeds,
+    many,
+    send_process,
+    smtp_section,
+    start_smtp,
+    text_titles,
+    wait_for,
+)
+from samples import DIFFUSION, NEVER, RL, ROBOTS, SPIKING
 
-SPIKING = {
-    "Surrogate Gradient Learning in Deep Spiking Neural Networks Without Batch Normalization",
-    "Event-Driven Keyword Spotting on a Neuromorphic Chip at 40 Microwatts",
-    "Liquid State Machines Revisited: Reservoir Size, Sparsity and Memory Capacity",
-    "Energy-Efficient Spiking Transformers for Event Camera Object Detection",
-    "A roadmap for neuromorphic hardware in the data centre",
-}
-RL = {
-    "Offline Reinforcement Learning with Conservative Value Ensembles",
-    "Reward Models That Know What They Don't Know: Uncertainty-Aware RLHF",
-    "Multi-Armed Bandits with Delayed and Aggregated Feedback",
-    "Model-Based Reinforcement Learning for Legged Robots from Ten Minutes of Data",
-    "How we taught agents to explore with sparse rewards",
-}
-DIFFUSION = {
-    "Consistency Distillation for One-Step Text-to-Image Diffusion Models",
-    "Score-Based Generative Modeling of Protein Backbones with SE(3) Equivariance",
-    "Diffusion models, explained with pictures",
-}
-ROBOTS = {
-    "Model-Based Reinforcement Learning for Legged Robots from Ten Minutes of Data",
-    "Diffusion Policies for Dexterous Manipulation with Tactile Feedback",
-}
-NEVER = {
-    "Deep Reinforcement Learning for High-Frequency Trading Under Market Impact",  # excluded: trading
-    "A Survey of Neuromorphic Computing: Devices, Algorithms and Applications",  # excluded: survey
-    "We are hiring research engineers",
-}
-
-
-def titles(text: str) -> set[str]:
-    """Entry titles in a text part ("* Title" lines, unwrapped)."""
-    found = set()
-    for block in re.findall(r"^\* (.+?)\n  (?:https?://|\(no link\))", text, flags=re.M | re.S):
-        found.add(" ".join(block.split()))
-    return found
-
-
-def http_feeds(server: FeedServer) -> dict[str, str]:
-    return {
-        "arxiv": server.url("arxiv-cs.xml"),
-        "hf": server.url("hf-papers.xml"),
-        "blog": server.url("lab-blog.xml"),
-    }
+from pipeline import run
+from pipeline.config import load_settings
+from pipeline.store import Store, utcnow
 
 
 def test_send_delivers_the_right_entries_to_each_subscriber_once(
@@ -81,8 +60,8 @@ def test_send_delivers_the_right_entries_to_each_subscriber_once(
     for address, wanted in expected.items():
         (message,) = handler.to(address)
         text = body_text(message)
-        assert titles(text) == wanted, address
-        assert not titles(text) & NEVER
+        assert set(text_titles(text)) == wanted, address
+        assert not set(text_titles(text)) & NEVER
         assert html_titles(body_html(message)) == wanted
         assert str(message["Subject"]).strip().startswith("[Test Digest] ")
         assert message["Message-ID"].endswith("@example.net>")
@@ -118,7 +97,7 @@ def test_new_entries_arrive_in_the_next_send_and_old_ones_do_not_repeat(
     assert "2 sent" in result.output  # ada and alan follow spiking; grace does not
     for address in ("ada@example.org", "alan@example.org"):
         latest = smtp_server.handler.to(address)[-1]
-        assert titles(body_text(latest)) == {"Spiking neural networks on a budget"}
+        assert set(text_titles(body_text(latest))) == {"Spiking neural networks on a budget"}
     assert len(smtp_server.handler.to("grace@example.org")) == 1
 
 
@@ -143,7 +122,7 @@ def test_dry_run_and_preview_send_and_record_nothing(
     real = cli("--config", config, "send", "--subscriber", "ada@example.org")
     assert real.exit_code == 0, real.output
     assert [m["To"].addresses[0].addr_spec for m in smtp_server.handler.messages] == ["ada@example.org"]
-    assert titles(body_text(smtp_server.handler.messages[0])) == SPIKING | RL
+    assert set(text_titles(body_text(smtp_server.handler.messages[0]))) == SPIKING | RL
 
 
 def test_preview_defaults_to_a_temporary_file(
@@ -205,7 +184,7 @@ def test_a_broken_feed_is_reported_and_the_others_still_delivered(
     assert result.exit_code == 0, result.output
     assert "feed lab-blog: error: HTTP 500 Internal Server Error" in result.output
     (ada,) = smtp_server.handler.to("ada@example.org")
-    assert titles(body_text(ada)) == (SPIKING | RL) - {
+    assert set(text_titles(body_text(ada))) == (SPIKING | RL) - {
         "A roadmap for neuromorphic hardware in the data centre",
         "How we taught agents to explore with sparse rewards",
     }
@@ -219,43 +198,6 @@ def test_unknown_subscriber_is_a_usage_error(
     assert "unknown subscriber nobody@example.org" in result.output
 
 
-def test_status_shows_feeds_subscribers_and_outbox(
-    cli: Callable[..., Result], write_config: Callable[..., Path]
-) -> None:
-    config = write_config()
-    before = cli("--config", config, "status")
-    assert before.exit_code == 0, before.output
-    assert "never fetched" in before.output
-    cli("--config", config, "fetch")
-    pending = cli("--config", config, "status")
-    assert re.search(r"ada@example\.org\s+spiking, rl\s+daily 07:00\s+-\s+10\b", pending.output), (
-        pending.output
-    )
-    cli("--config", config, "send", "--no-fetch")
-    after = cli("--config", config, "status")
-    assert re.search(r"arxiv-cs\s+\S+ \S+\s+\S+ \S+\s+13\s", after.output), after.output
-    assert "Outbox: 3 sent" in after.output
-    assert re.search(r"ada@example\.org\s+spiking, rl\s+daily 07:00\s+\S+ \S+\s+0\b", after.output), (
-        after.output
-    )
-
-
-def test_fetch_prints_a_line_per_feed(
-    cli: Callable[..., Result], write_config: Callable[..., Path], feed_server: FeedServer
-) -> None:
-    feeds = http_feeds(feed_server) | {"blog": feed_server.url("status/404")}
-    config = write_config(feeds=feeds)
-    first = cli("--config", config, "fetch")
-    assert first.exit_code == 0
-    assert re.search(r"arxiv-cs\s+13 new", first.output)
-    assert re.search(r"hf-papers\s+\d+ new", first.output)
-    assert re.search(r"lab-blog\s+error: HTTP 404 Not Found", first.output)
-    second = cli("--config", config, "fetch")
-    # SimpleHTTPRequestHandler sends Last-Modified: the second fetch is a conditional GET -> 304.
-    assert re.search(r"arxiv-cs\s+not modified", second.output), second.output
-    assert any(h.get("If-Modified-Since") for p, h in feed_server.requests if p == "/arxiv-cs.xml")
-
-
 def test_maildir_delivery_into_an_existing_empty_folder(
     cli: Callable[..., Result], write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -263,3 +205,32 @@ def test_maildir_delivery_into_an_existing_empty_folder(
     result = cli("--config", write_config(), "send")
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "outbox" / "new").iterdir())) == 3
+
+
+def test_sigterm_finishes_the_message_in_flight_and_returns_the_rest(tmp_path: Path) -> None:
+    handler = SmtpHandler()
+    handler.stall = 2
+    handler.faults["user5@example.org"] = [("DATA", "STALL"), None]
+    controller, port = start_smtp(handler)
+    try:
+        config = many(tmp_path, 20, smtp_section(SmtpServer("127.0.0.1", port, handler), timeout="10s"))
+        process = send_process(config)
+        wait_for(lambda: handler.attempts.get("user5@example.org") == 1)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=10)
+        assert time.monotonic() - started < 5
+        assert process.returncode == 3, (out, err)
+        assert b"SIGTERM: stopping after the messages in flight" in err
+        final = delivery_states(tmp_path)
+        assert [a for a, s in final.items() if s == "sent"] == [f"user{i}@example.org" for i in range(5)]
+        assert set(final.values()) == {"sent", "pending"}  # nothing lost, nothing still claimed
+        settings = load_settings(config)
+        with Store(settings.digest.database_url) as store:
+            later = run.deliver_due(settings, store, clock=lambda: utcnow() + timedelta(minutes=2))
+        assert later.count("sent") == 15
+        assert Counter(r for _, (r,) in handler.envelopes) == Counter(
+            {f"user{i}@example.org": 1 for i in range(20)}
+        )
+    finally:
+        controller.stop()

@@ -120,9 +120,14 @@ def test_an_entry_link_that_is_not_http_leaves_the_title_unlinked(config: Settin
 def test_links_open_safely(config: Settings) -> None:
     summary = '<p><a href="https://example.org/x" target="_blank" rel="opener">x</a></p>'
     html, _ = _message(config, Renderer(config), _digest(_entry(1, summary=summary)))
-    for a in lxml.html.fromstring(html).iter("a"):
-        if "unsubscribe" not in (a.get("class") or ""):
-            assert a.get("rel") == "noopener noreferrer" and a.get("target") is None
+    links = {a.get("href"): a for a in lxml.html.fromstring(html).iter("a")}
+    unsubscribe = [href for href, a in links.items() if "unsubscribe" in (a.get("class") or "")]
+    assert len(unsubscribe) == 1  # the footer's own link, which opens no page
+    # The entry's title link and the summary's link are kept (made safe, not dropped) ...
+    assert set(links) - set(unsubscribe) == {"https://example.org/1", "https://example.org/x"}
+    for href in ("https://example.org/1", "https://example.org/x"):
+        # ... and open without a handle on this window, in no named target.
+        assert links[href].get("rel") == "noopener noreferrer" and links[href].get("target") is None, href
 
 
 def test_scripts_handlers_forms_frames_styles_and_images_are_removed(config: Settings) -> None:
@@ -273,8 +278,20 @@ def tag_soup_with_plain_text(draw: st.DrawFn) -> str:
             f' {draw(st.sampled_from(ATTRS))}="{draw(st.sampled_from(plain))}"'
             for _ in range(draw(st.integers(0, 2)))
         )
-        out.append(draw(st.sampled_from([f"<{tag}{attrs}>", f"</{tag}>", draw(words), "<br>", "&amp;"])))
+        pieces = [f"<{tag}{attrs}>", f"</{tag}>", draw(words), "<br>", "&amp;", draw(st.sampled_from(LINKS))]
+        out.append(draw(st.sampled_from(pieces)))
     return "".join(out)
+
+
+# Links of every kind, so that most examples have links in the text part to check.
+LINKS = [
+    '<a href="https://example.org/ok">',
+    '<a href="mailto:ada@example.org">',
+    '<a href="//evil.example/x">',
+    '<a href="/relative">',
+    '<a href="javascript:alert(1)">',
+    '<a href="data:text/html,x">',
+]
 
 
 @settings(max_examples=300, deadline=None)
