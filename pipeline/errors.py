@@ -69,18 +69,32 @@ class RenderError(DigestError):
 class DeliveryError(DigestError):
     """A message could not be delivered.
 
-    ``transient`` says whether trying again later may succeed (4xx replies, 552, connection
-    problems) or not (other 5xx replies, a refused address). ``connection`` says the server
-    could not be used at all (no connection, TLS or login failed): no message can go now.
+    ``transient`` says whether trying again later may succeed (4xx replies, connection
+    problems) or not (other 5xx replies, a refused address, a message too big).
+    ``connection`` says the server could not be used at all (no connection, TLS or login
+    failed): no message can go now. ``operator`` says the fault is ours or the server's, not
+    the message's (the config, a refused login, the server refusing this client or sender):
+    nothing can go until someone fixes it, so the run stops and the digests stay pending.
+    ``after_data`` says the connection was lost after the whole message was sent: the server
+    may have stored it (RFC 1047), so it is not sent again within the run.
     """
 
     def __init__(
-        self, message: str, *, transient: bool, code: int | None = None, connection: bool = False
+        self,
+        message: str,
+        *,
+        transient: bool,
+        code: int | None = None,
+        connection: bool = False,
+        operator: bool = False,
+        after_data: bool = False,
     ) -> None:
         super().__init__(message)
         self.transient = transient
         self.code = code
-        self.connection = connection
+        self.connection = connection or operator
+        self.operator = operator
+        self.after_data = after_data
 
 
 class ScheduleError(DigestError):

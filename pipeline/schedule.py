@@ -182,9 +182,7 @@ class _JobSpec:
 class Scheduler:
     """The long-running ``digest run`` process."""
 
-    def __init__(
-        self, config: str | None, store: Store, *, clock: Callable[[], datetime] = utcnow
-    ) -> None:
+    def __init__(self, config: str | None, store: Store, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.config = config
         self.clock = clock
         self.settings = load_settings(config)

@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -37,7 +38,9 @@ import brotli
 import httpcore
 import lxml.html
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
@@ -678,3 +681,37 @@ def serve(feed_server: FeedServer, name: str, source: str | None = None, *, text
     later = time.time() + 2 * len(feed_server.requests) + 2  # Last-Modified has 1 s resolution
     os.utime(path, (later, later))
     return feed_server.url(name)
+
+
+def tls_smtp_server(
+    tmp_path: Path, *, implicit: bool, handler: SmtpHandler, auth: bool = False
+) -> tuple[Any, int, Path]:
+    """An aiosmtpd server with a certificate for localhost from a CA made here: implicit TLS, or
+    STARTTLS required; with ``auth``, login required (user ``digest``, password ``s3cret``).
+    Returns the controller (stop it), the port and the CA's PEM file."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    kwargs: dict[str, Any] = (
+        {"ssl_context": server_ctx} if implicit else {"tls_context": server_ctx, "require_starttls": True}
+    )
+    if auth:
+        kwargs["authenticator"] = smtp_authenticator
+        kwargs["auth_require_tls"] = not implicit
+        kwargs["auth_required"] = True
+    controller, port = start_smtp(handler, server_hostname="localhost", **kwargs)
+    return controller, port, ca_file
+
+
+def smtp_authenticator(
+    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+) -> AuthResult:
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login == b"digest"
+        and auth_data.password == b"s3cret"
+    )
+    return AuthResult(success=ok, handled=False)  # handled=False: the server replies 535 itself

@@ -91,8 +91,8 @@ def handle_errors(func: F) -> F:
 
 
 def when(value: datetime | None) -> str:
-    """A time as the faces print it: local, to the minute; "-" for none."""
-    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
+    """A time as the faces print it: local, to the minute, with the zone; "-" for none."""
+    return value.astimezone().strftime("%Y-%m-%d %H:%M %Z") if value else "-"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

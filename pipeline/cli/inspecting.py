@@ -267,8 +267,9 @@ def status(ctx: Context) -> None:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report.deliveries.items())) or "empty"
     out.print(f"Outbox: {counts}", markup=False)
     for row in report.unfinished:
+        # (a failed digest has no next attempt: only --retry-failed puts it back)
+        after = "no more attempts" if row.state == "failed" else f"next {when(row.next_attempt_at)}"
         out.print(
-            f"  {row.state} {row.subscriber} (attempts {row.attempts}, "
-            f"next {when(row.next_attempt_at)}): {row.last_error or ''}",
+            f"  {row.state} {row.subscriber} (attempts {row.attempts}, {after}): {row.last_error or ''}",
             markup=False,
         )

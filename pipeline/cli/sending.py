@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..config import Settings
 from ..errors import DigestError
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
     from .. import run
 
-from .base import LIST_LIMIT, Context, err, fail, handle_errors, main, out
+from .base import LIST_LIMIT, Context, err, fail, handle_errors, main, out, when
 
 
 @main.command()
@@ -34,13 +35,30 @@ from .base import LIST_LIMIT, Context, err, fail, handle_errors, main, out
 )
 @click.option("--dry-run", is_flag=True, help="Build and report, but send and record nothing.")
 @click.option("--no-fetch", is_flag=True, help="Use stored entries; do not fetch feeds first.")
+@click.option(
+    "--retry-now", is_flag=True, help="Deliver digests waiting in the outbox now, not at their next attempt."
+)
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Put failed digests back in the outbox first (same Message-ID), e.g. after fixing the cause.",
+)
 @click.pass_obj
 @handle_errors
-def send(ctx: Context, subscribers: tuple[str, ...], dry_run: bool, no_fetch: bool) -> None:
+def send(
+    ctx: Context,
+    subscribers: tuple[str, ...],
+    dry_run: bool,
+    no_fetch: bool,
+    retry_now: bool,
+    retry_failed: bool,
+) -> None:
     """Fetch, then build and deliver now each subscriber's digest of new entries.
 
     Exit 0 when everything was delivered or there was nothing to send, 1 when a delivery
-    failed permanently (the others are still delivered), 3 when some were left pending.
+    failed permanently (the others are still delivered), 2 when the SMTP server refused us or
+    the [smtp] settings are wrong (the digests wait in the outbox), 3 when some were left
+    pending for a later attempt.
 
     Example: digest send --subscriber ada@example.org --dry-run
     """
@@ -65,7 +83,17 @@ def send(ctx: Context, subscribers: tuple[str, ...], dry_run: bool, no_fetch: bo
                 progress=bar,
                 stop=stop,
                 speed=speed,
+                retry_now=retry_now,
+                retry_failed=retry_failed,
             )
+    _print_report(settings, report)
+    sys.exit(report.exit_code)
+
+
+def _print_report(settings: Settings, report: run.SendReport) -> None:
+    """What a send did: feeds, every problem by name, the waiting digests, a summary line."""
+    if report.requeued:
+        out.print(f"put {report.requeued} failed digest(s) back in the outbox", markup=False)
     for feed in report.feeds:
         out.print(f"feed {feed.feed}: {feed.describe()}", markup=False)
     # Every problem is named; successes are listed one by one only when there are few.
@@ -82,26 +110,46 @@ def send(ctx: Context, subscribers: tuple[str, ...], dry_run: bool, no_fetch: bo
             "failed": f"failed {outcome.subscriber}: {outcome.detail}",
         }[outcome.status]
         out.print(line, markup=False)
+    if len(report.waiting) <= LIST_LIMIT:
+        for row in report.waiting:
+            out.print(
+                f"waiting {row.subscriber}: next attempt {when(row.next_attempt_at)} "
+                f"(last error: {row.last_error or '-'}); --retry-now sends it now",
+                markup=False,
+            )
     if len(report.nothing_new) <= LIST_LIMIT:
         for email in report.nothing_new:
             out.print(f"nothing new for {email}", markup=False)
-    if report.unreachable:
+    if report.refused:
+        out.print(
+            f"SMTP: {report.refused}. Nothing was lost: the digests wait in the outbox; "
+            "fix the cause, then run digest send again.",
+            markup=False,
+        )
+    elif report.unreachable:
         out.print(
             f"SMTP server unusable, digests left in the outbox for later: {report.unreachable}", markup=False
         )
+    if report.store_error:
+        out.print(
+            f"stopped sending: the state database cannot record sent digests ({report.store_error}); "
+            "free space, then run digest send again (a few digests may arrive twice)",
+            markup=False,
+        )
     summary = (
         f"{report.count('planned')} digest(s) would be sent (dry run: nothing sent or recorded)"
-        if dry_run
+        if report.dry_run
         else f"{report.count('sent')} sent, {report.count('pending')} pending, "
         f"{report.count('failed')} failed, {report.retried} retried"
     )
+    if report.waiting:
+        summary += f", {len(report.waiting)} waiting in the outbox"
     failed_feeds = sum(1 for f in report.feeds if f.result == "error")
-    out.print(
-        f"{summary}; {len(report.nothing_new)} with nothing new; {failed_feeds} feed error(s).", markup=False
-    )
+    resting = sum(1 for f in report.feeds if f.result == "skipped")
+    feeds = f"{failed_feeds} feed error(s)" + (f", {resting} feed(s) resting after errors" if resting else "")
+    out.print(f"{summary}; {len(report.nothing_new)} with nothing new; {feeds}.", markup=False)
     if settings.smtp is None and report.count("sent"):
         out.print(f"Emails are in the Maildir {settings.outbox.maildir}/new", markup=False)
-    sys.exit(report.exit_code)
 
 
 @contextmanager

@@ -49,8 +49,12 @@ class ConnectionPool:
     ``submit`` never blocks; ``results`` returns what has finished; ``on_sent`` is called from
     the worker thread as soon as the server accepts a message. Message-level transient
     failures are retried up to ``retries`` times, ``retry_delay`` apart, while other messages
-    go on. Connection-level failures are retried the same way; if the server still cannot be
-    used, ``unreachable`` is set and every remaining message comes back undelivered.
+    go on; a message whose connection was lost after it was sent is not (it may have arrived).
+    A connection that cannot be opened while another works (a server that limits connections
+    per client) is given up for the run, and its message goes to the others. Otherwise
+    connection failures are retried the same way; if the server still cannot be used, or the
+    failure is one only the operator can fix (``DeliveryError.operator``: tried once),
+    ``unreachable`` is set and every remaining message comes back undelivered.
     """
 
     def __init__(
@@ -67,6 +71,9 @@ class ConnectionPool:
         self.retries = retries
         self.retry_delay = retry_delay
         self.unreachable: str | None = None
+        self.fatal: DeliveryError | None = None  # what made the server unusable
+        self._working = 0  # workers whose connection has carried a message and is still open
+        self._alive = connections  # workers not given up for the run
         self._cond = threading.Condition()
         self._work: deque[_Job] = deque()
         self._delayed: list[tuple[float, int, _Job]] = []
@@ -118,7 +125,10 @@ class ConnectionPool:
             thread.join()
 
     def _unreachable_error(self) -> DeliveryError:
-        return DeliveryError(f"server unusable: {self.unreachable}", transient=True, connection=True)
+        operator = self.fatal is not None and self.fatal.operator
+        return DeliveryError(
+            f"server unusable: {self.unreachable}", transient=True, connection=True, operator=operator
+        )
 
     def _finish(self, job: _Job, error: DeliveryError | None) -> None:
         # Called with the lock held.
@@ -144,6 +154,8 @@ class ConnectionPool:
 
     def _worker(self) -> None:
         transport: Transport | None = None
+        working = False  # this worker's connection has carried a message
+        retired = False
         try:
             while (job := self._next()) is not None:
                 if self.unreachable:
@@ -156,26 +168,54 @@ class ConnectionPool:
                         transport = self.make_transport()
                     transport.send(job.message)
                 except DeliveryError as exc:
+                    if exc.connection and working:
+                        working = False  # (it reconnects on the next message, or gives up)
+                        self._count_working(-1)
+                    if self._retire(job, exc, working):
+                        retired = True
+                        return
                     self._give_up_or_retry(job, exc)
                     continue
                 if self.on_sent is not None:
                     self.on_sent(job.key)  # straight from the 250: the window for a re-send stays tiny
+                if not working:
+                    working = True
+                    self._count_working(1)
                 with self._cond:
                     self._finish(job, None)
         finally:
+            with self._cond:
+                self._alive -= 0 if retired else 1
+                self._working -= 1 if working else 0
             if transport is not None:
                 transport.close()
 
+    def _count_working(self, change: int) -> None:
+        with self._cond:
+            self._working += change
+
+    def _retire(self, job: _Job, exc: DeliveryError, working: bool) -> bool:
+        """A connection that cannot be opened while other workers work or still try: this one
+        stops for the run (a server that limits connections per client answers 421) and its
+        message goes back to the others. The last one left retries, then gives up."""
+        with self._cond:
+            if not exc.connection or exc.operator or working or (self._working == 0 and self._alive <= 1):
+                return False
+            job.tries -= 1  # (never attempted)
+            self._alive -= 1  # (now, under the lock: two failing at once must not both go)
+            self._work.appendleft(job)
+            self._cond.notify_all()
+            return True
+
     def _give_up_or_retry(self, job: _Job, exc: DeliveryError) -> None:
-        # A refused login will not succeed on retry; other connection failures might.
-        hopeless = exc.connection and exc.code in (530, 534, 535, 538)
-        if exc.transient and job.tries < self.retries and not hopeless and not self._abandoned:
+        retry = exc.transient and not exc.operator and not exc.after_data
+        if retry and job.tries < self.retries and not self._abandoned:
             self._retry_later(job)
             return
         with self._cond:
             if exc.connection:
                 # The server cannot be used now: hand back everything still waiting.
-                self.unreachable = str(exc)
+                self.unreachable, self.fatal = str(exc), exc
                 for waiting in [*self._work, *(entry[2] for entry in self._delayed)]:
                     self._finish(waiting, self._unreachable_error())
                 self._work.clear()

@@ -63,7 +63,7 @@ class FeedReport:
 
 
 def _local(value: datetime | None) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "-"
+    return value.astimezone().strftime("%Y-%m-%d %H:%M %Z") if value else "-"
 
 
 def fetch_all(

@@ -114,7 +114,7 @@ class SubscriberStatus:
     email: str
     topics: tuple[str, ...]
     schedule: str
-    last_digest_at: datetime | None
+    last_digest_at: datetime | None  # the last digest delivered (the server accepted it)
     pending_entries: int  # new matching entries the next digest would count
 
 
@@ -131,17 +131,16 @@ def status(settings: Settings, store: Store, *, clock: Clock = utcnow) -> Status
     store.sync_feeds({f.name: f.url for f in settings.feeds})
     feeds = store.feed_states()
     planned = {d.subscriber: d for d in plan_digests(settings, store, settings.subscribers, clock())}
-    states = store.subscriber_states()
+    delivered = store.last_delivered()
     subscribers = []
     for sub in settings.subscribers:
         digest = planned.get(sub.email)
-        state = states.get(sub.email)
         subscribers.append(
             SubscriberStatus(
                 email=sub.email,
                 topics=tuple(sub.topics),
                 schedule=str(sub.schedule),
-                last_digest_at=state.last_digest_at if state else None,
+                last_digest_at=delivered.get(sub.email),
                 pending_entries=digest.entry_count + digest.more_count if digest else 0,
             )
         )

@@ -31,6 +31,11 @@ FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
 CLAIM_BATCH = 50
 INTERRUPTED = "interrupted before sending"
+UNRECORDABLE = "not sent: the outbox cannot record what is sent"
+# Copies of a message a server may have stored at most (the connection was lost right after the
+# whole message went: RFC 1047). One more try after each of the first two such losses, each
+# after a backoff; after the third the digest fails, never sent again.
+MAX_UNCONFIRMED = 3
 
 
 def deliver_due(
@@ -100,6 +105,12 @@ class OutboxRun:
                 exhausted = abandoned = True
                 if self.connections is not None:
                     self.connections.abandon(INTERRUPTED)
+            if self.recorder is not None and self.recorder.failed and not abandoned:
+                # What is sent from now on could not be recorded: sending stops at once.
+                self.report.store_error = str(self.recorder.failed)
+                exhausted = abandoned = True
+                assert self.connections is not None
+                self.connections.abandon(UNRECORDABLE)
             room = len(self.held) < self.WINDOW and not (self.connections and self.connections.unreachable)
             if not exhausted and room:
                 exhausted = not self._claim_batch()
@@ -117,7 +128,7 @@ class OutboxRun:
             return False
         if self.connections is None:
             smtp = self.settings.smtp
-            self.recorder = SentRecorder(self.store, self.clock)
+            self.recorder = SentRecorder(self.store, self.clock, self.owner)
             self.connections = ConnectionPool(
                 transport_factory(self.settings),
                 connections=smtp.connections if smtp else 1,
@@ -134,7 +145,7 @@ class OutboxRun:
                 messages = self.rendering.messages(digests[part])
             for row, digest, message in zip(rows[part], digests[part], messages, strict=True):
                 if isinstance(message, RenderError):
-                    self.store.mark_failed(row.id, str(message))
+                    self.store.mark_failed(row.id, str(message), self.owner)
                     log.error("digest to=%s failed=%r", row.subscriber, str(message))
                     self._report(Outcome(row.subscriber, digest.entry_count, "failed", str(message)))
                     continue
@@ -166,20 +177,48 @@ class OutboxRun:
 
     def _failure(self, row: OutboxRow, exc: DeliveryError, entries: int, tries: int) -> Outcome:
         now = self.clock()
+        if self.report.store_error:
+            # The store cannot be written: the row stays claimed by this process and is
+            # taken over by the next sender once this one is gone.
+            return Outcome(row.subscriber, entries, "pending", UNRECORDABLE, tries=tries)
         if str(exc) == INTERRUPTED:
             # Never attempted: back to the outbox, due at once, for the next send or run.
-            self.store.mark_retry(row.id, INTERRUPTED, now)
+            self._fenced(row, self.store.mark_retry(row.id, INTERRUPTED, now, self.owner))
             return Outcome(row.subscriber, entries, "pending", INTERRUPTED, tries=tries)
+        if exc.operator:
+            # Not this digest's fault: it waits, due at once, until the cause is fixed.
+            self.report.refused = self.report.refused or str(exc)
+            self._fenced(row, self.store.mark_retry(row.id, str(exc), now, self.owner))
+            return Outcome(row.subscriber, entries, "pending", str(exc), tries=tries)
         if exc.connection:
             self.report.unreachable = str(exc)
-        if exc.transient and now < row.deliver_until:
-            self.store.mark_retry(row.id, str(exc), _next_attempt(row, now))
+        copies = row.unconfirmed + 1 if exc.after_data else 0
+        if exc.transient and now < row.deliver_until and copies < MAX_UNCONFIRMED:
+            held = self.store.mark_retry(
+                row.id, str(exc), _next_attempt(row, now), self.owner, unconfirmed=exc.after_data
+            )
+            self._fenced(row, held)
             log.warning("digest to=%s pending=%r", row.subscriber, str(exc))
             return Outcome(row.subscriber, entries, "pending", str(exc), tries=tries)
-        reason = str(exc) if not exc.transient else f"gave up after {row.attempts} attempts: {exc}"
-        self.store.mark_failed(row.id, reason)
+        if copies >= MAX_UNCONFIRMED:
+            reason = (
+                f"the server dropped the connection right after the message {copies} times; "
+                f"it may have arrived, so it is not sent again: {exc}"
+            )
+        elif exc.transient:
+            reason = f"gave up after {row.attempts} attempts: {exc}"
+        else:
+            reason = str(exc)
+        self._fenced(row, self.store.mark_failed(row.id, reason, self.owner))
         log.error("digest to=%s failed=%r", row.subscriber, reason)
         return Outcome(row.subscriber, entries, "failed", reason, tries=tries)
+
+    @staticmethod
+    def _fenced(row: OutboxRow, held: bool) -> None:
+        if not held:
+            log.warning(
+                "digest to=%s row=%d taken over by another sender: left to it", row.subscriber, row.id
+            )
 
     def _report(self, outcome: Outcome) -> None:
         self.report.outcomes.append(outcome)

@@ -1,4 +1,13 @@
-"""Recording the server's acceptances in the outbox, from the sending threads, in group commits."""
+"""Recording the server's acceptances in the outbox, from the sending threads, in group commits.
+
+A message the server accepted but that is not yet recorded as sent is sent again after a
+crash (with the same Message-ID). Two bounds keep those few: rows accepted close together
+share one commit (at most ``SENT_COMMITS_APART`` apart, so a slow commit delays none), and at
+most ``MAX_UNRECORDED`` acceptances wait for their commit at any time: beyond that the sending
+threads wait for the recorder, however slow the disk. When a commit fails (a full disk), the
+recorder says so and stops recording: the sender must stop sending, since whatever it sent
+next would go unrecorded.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +23,30 @@ from .clock import Clock
 log = logging.getLogger("digest")
 
 SENT_COMMITS_APART = 0.002  # seconds: rows accepted within this share one commit (one fsync)
+MAX_UNRECORDED = 8  # acceptances at most waiting for their commit (a crash repeats no more)
 
 
 class SentRecorder:
     """Marks rows sent as soon as the server accepts them, in group commits.
 
-    Called from the sending threads, so the time between a server's 250 and our record of it
-    (the only window in which a crash causes a re-send) is at most ``SENT_COMMITS_APART`` and
-    one commit, whatever the main thread is busy with; rows accepted meanwhile share that
-    commit (a commit is an fsync: one per message or two was a measurable part of a send).
+    ``add`` is called from the sending threads, straight after the server's 250, and blocks
+    while ``MAX_UNRECORDED`` acceptances already wait. ``failed`` is set, and every later
+    ``add`` returns at once, when a commit could not be written.
     """
 
-    def __init__(self, store: Store, clock: Clock) -> None:
-        self.mark_sent, self.clock = SentMarker(store), clock
+    def __init__(self, store: Store, clock: Clock, owner: str) -> None:
+        self.mark_sent, self.clock, self.owner = SentMarker(store), clock, owner
         self.queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self.room = threading.BoundedSemaphore(MAX_UNRECORDED)
+        self.failed: StoreError | None = None
         self.thread = threading.Thread(target=self._run, name="sent-recorder", daemon=True)
         self.thread.start()
 
     def add(self, row_id: int) -> None:
+        """Record this row as sent (soon); waits while too many acceptances are unrecorded."""
+        while not self.room.acquire(timeout=0.1):
+            if self.failed is not None:
+                return
         self.queue.put(row_id)
 
     def _run(self) -> None:
@@ -46,12 +61,17 @@ class SentRecorder:
                 batch.append(self.queue.get())
             closing = None in batch
             ids = [i for i in batch if i is not None]
-            if ids:
+            if ids and self.failed is None:
                 try:
-                    self.mark_sent(ids, self.clock())
+                    self.mark_sent(ids, self.clock(), self.owner)
                 except StoreError as exc:
                     # Not lost: the rows stay claimed and go out again (same Message-ID) later.
-                    log.error("outbox error=%r rows=%s", str(exc), ids)
+                    self.failed = exc
+                    log.error(
+                        "outbox error=%r rows=%s (stopping: sent messages cannot be recorded)", str(exc), ids
+                    )
+            for _ in ids:
+                self.room.release()
         self.mark_sent.close()
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from ..store import OutboxRow
 from .fetching import FeedReport
 
 
@@ -38,7 +39,11 @@ class SendReport:
     feeds: list[FeedReport] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     nothing_new: list[str] = field(default_factory=list)
-    unreachable: str | None = None
+    unreachable: str | None = None  # the server could not be used (for now)
+    refused: str | None = None  # the server refused us, or the config is wrong: fix, then send again
+    store_error: str | None = None  # sending stopped: what was sent could not be recorded
+    waiting: list[OutboxRow] = field(default_factory=list)  # pending, next attempt still to come
+    requeued: int = 0  # failed digests put back (--retry-failed)
     dry_run: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
@@ -61,9 +66,13 @@ class SendReport:
 
     @property
     def exit_code(self) -> int:
-        """0 all delivered or nothing to do; 1 a permanent failure; 3 some left pending."""
-        if self.count("failed"):
+        """0 all delivered or nothing to do; 1 a permanent failure (or the outbox could not be
+        written); 2 the SMTP server refused us or the config is wrong (nothing is lost: the
+        digests wait); 3 some left pending for a later retry."""
+        if self.store_error or self.count("failed"):
             return 1
-        if self.count("pending") or self.unreachable:
+        if self.refused:
+            return 2
+        if self.count("pending") or self.unreachable or self.waiting:
             return 3
         return 0

@@ -24,7 +24,7 @@ from .clock import Clock
 from .fetching import fetch_all
 from .outbox import deliver_due
 from .reports import Outcome, Progress, SendReport
-from .stored import OutboxEncoder, queued_digest
+from .stored import DEFAULT_GIVE_UP, OutboxEncoder, queued_digest
 
 log = logging.getLogger("digest")
 
@@ -42,15 +42,26 @@ def send(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     speed: Speedups | None = None,
+    retry_now: bool = False,
+    retry_failed: bool = False,
 ) -> SendReport:
     """Fetch, then build and deliver now the digest of each named (or every) subscriber.
 
     Every due outbox row is delivered, including digests left pending by earlier runs; the new
-    digests are all committed to the outbox before the first is sent. ``speed``: the caller's
-    speed handle (see :mod:`pipeline.speed`); without one, this send makes its own.
+    digests are all committed to the outbox before the first is sent. Pending digests whose
+    next attempt is still to come are reported as waiting; ``retry_now`` makes those (of the
+    named subscribers) due now, ``retry_failed`` puts their failed digests back first (same
+    Message-ID, a new give-up time). ``speed``: the caller's speed handle (see
+    :mod:`pipeline.speed`); without one, this send makes its own.
     """
     chosen = select_subscribers(settings, subscribers)
     report = SendReport(dry_run=dry_run)
+    named = [s.email for s in chosen] if subscribers else None
+    if retry_failed and not dry_run:
+        give_up = settings.smtp.give_up_after if settings.smtp else DEFAULT_GIVE_UP
+        report.requeued = store.requeue_failed(clock(), give_up, named)
+    if retry_now and not dry_run:
+        store.retry_now(clock(), named)
     owned: AbstractContextManager[Speedups] = nullcontext(speed) if speed is not None else Speedups()
     with owned as speed:
         if not dry_run:  # (render children start first, so that their imports overlap the fetch)
@@ -77,7 +88,14 @@ def send(
                 enqueue_digests(settings, store, digests)
             with report.timed("deliver"):
                 deliver_due(settings, store, report, clock=clock, progress=progress, stop=stop, speed=speed)
+            if report.store_error:  # (nothing more can be written: the report says so)
+                return report
             store.mark_checked([s.email for s in chosen], now)
+        emails = {s.email for s in chosen}
+        report.waiting = [row for row in store.waiting(clock()) if row.subscriber in emails]
+        # (a subscriber whose digest is still in the outbox has something: it is on its way)
+        busy = {o.subscriber for o in report.outcomes} | {row.subscriber for row in report.waiting}
+        report.nothing_new = [email for email in report.nothing_new if email not in busy]
     log.info("timings %s", " ".join(f"{stage}={seconds:.2f}s" for stage, seconds in report.timings.items()))
     return report
 

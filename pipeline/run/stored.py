@@ -11,10 +11,12 @@ from ..config import Settings
 from ..models import Digest, Entry, Match, Section
 from ..store import OutboxRow, QueuedDigest
 
+DEFAULT_GIVE_UP = timedelta(days=2)  # how long a Maildir outbox keeps trying
+
 
 def queued_digest(settings: Settings, digest: Digest, encoder: OutboxEncoder | None = None) -> QueuedDigest:
     """A digest as the outbox row that will hold it until it is delivered."""
-    give_up = settings.smtp.give_up_after if settings.smtp else timedelta(days=2)
+    give_up = settings.smtp.give_up_after if settings.smtp else DEFAULT_GIVE_UP
     spec, shown, hidden = (encoder or OutboxEncoder()).encode(digest)
     return QueuedDigest(
         subscriber=digest.subscriber,

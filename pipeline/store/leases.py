@@ -1,15 +1,21 @@
 """Leases: named, expiring claims that keep two processes from doing one job at once.
 
-A holder is ``host:pid`` (:func:`owner_id`), so a claim left by a process of this machine that
-no longer exists is recognised as free at once instead of when its lease runs out; the outbox
-uses the same test for digests a crashed sender had claimed.
+A holder is ``host:pid:scope`` (:func:`owner_id`). The scope names this boot of this kernel,
+this process namespace, and this process start (a random part), so two containers with the
+same host name and pid are told apart, and so is a pid used again after a reboot. A claim
+left by a process of *this* machine and namespace that no longer exists is recognised as free
+at once instead of when its lease runs out; the outbox uses the same test for digests a
+crashed sender had claimed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import secrets
 import socket
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, insert, select, update
 
@@ -17,18 +23,37 @@ from .schema import leases_table
 from .sql import Transactions, _serialise
 
 
+@functools.cache
+def _place() -> str:
+    """This kernel boot and process namespace (what makes a pid mean one process)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+        namespace = str(Path("/proc/self/ns/pid").stat().st_ino)
+    except OSError:
+        return "unknown"
+    return f"{boot}.{namespace}"
+
+
+_STARTED = secrets.token_hex(4)
+
+
 def owner_id() -> str:
-    """Who holds a claim: host and process, so a dead local holder can be recognised."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who holds a claim: host, process, and where and when that process runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_place()}.{_STARTED}"
 
 
-def _holder_is_dead(claimed_by: str | None) -> bool:
+def holder_is_dead(claimed_by: str | None) -> bool:
     """Whether the holder was a process of this machine that no longer exists (or nobody)."""
     if not claimed_by:
         return True
-    host, _, pid = claimed_by.rpartition(":")
+    host, _, rest = claimed_by.partition(":")
+    pid, _, scope = rest.partition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's claim: only its lease can expire it
+    if scope and scope.rpartition(".")[0] != _place():
+        return False  # another container or boot: its pids are not ours to test
+    if scope and int(pid) == os.getpid():
+        return scope != f"{_place()}.{_STARTED}"  # an earlier process that had our pid
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -54,7 +79,7 @@ class Leases(Transactions):
                 row is not None
                 and row.holder != holder
                 and row.expires_at > now
-                and not _holder_is_dead(row.holder)
+                and not holder_is_dead(row.holder)
             ):
                 return f"{row.holder}, since {row.acquired_at.isoformat(timespec='seconds')}"
             values = {"holder": holder, "acquired_at": now, "expires_at": now + ttl}

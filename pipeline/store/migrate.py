@@ -39,4 +39,6 @@ def _upgrade(conn: Connection, version: int) -> None:
             )
     if version < 3:
         conn.exec_driver_sql("ALTER TABLE deliveries ADD COLUMN cut TEXT")
+    if version < 4:
+        conn.exec_driver_sql("ALTER TABLE deliveries ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0")
     conn.execute(update(meta_table).where(meta_table.c.key == "schema").values(value=str(SCHEMA_VERSION)))

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, and_, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
-from .leases import _holder_is_dead
+from .leases import holder_is_dead
 from .records import OutboxRow, QueuedDigest
 from .schema import FAILED, PENDING, SENDING, SENT, deliveries_table, subscribers_table, taken_table
 from .sql import Transactions, _bind, _chunks, _dialect_insert, _mark, _serialise
@@ -107,7 +107,7 @@ class Outbox(Transactions):
                 orphans = orphans.with_for_update(skip_locked=True)
                 pending = pending.with_for_update(skip_locked=True)
             ids = list(conn.execute(expired).scalars())
-            ids += [row.id for row in conn.execute(orphans) if _holder_is_dead(row.claimed_by)]
+            ids += [row.id for row in conn.execute(orphans) if holder_is_dead(row.claimed_by)]
             ids = ids[:limit]
             if len(ids) < limit:
                 ids += conn.execute(pending.limit(limit - len(ids))).scalars()
@@ -142,32 +142,95 @@ class Outbox(Transactions):
                     .values(lease_until=until)
                 )
 
-    def mark_retry(self, delivery_id: int, error: str, next_attempt_at: datetime) -> None:
-        """Put a row back to pending, to be claimed again at ``next_attempt_at``."""
-        with self._tx() as conn:
-            conn.execute(
-                update(deliveries_table)
-                .where(deliveries_table.c.id == delivery_id)
-                .values(
-                    state=PENDING,
-                    next_attempt_at=next_attempt_at,
-                    lease_until=None,
-                    last_error=error,
-                )
-            )
+    # Every update of a claimed row is fenced: it changes the row only while this sender still
+    # holds it (state sending, claimed by ``owner``). A sender paused past its lease (SIGSTOP,
+    # a VM pause) finds the row taken over by another and must not put it back.
 
-    def mark_failed(self, delivery_id: int, error: str) -> None:
-        """Give up on a row: it is not sent, and its entries stay taken."""
+    def mark_retry(
+        self,
+        delivery_id: int,
+        error: str,
+        next_attempt_at: datetime,
+        owner: str,
+        *,
+        unconfirmed: bool = False,
+    ) -> bool:
+        """Put a row we hold back to pending, to be claimed again at ``next_attempt_at``;
+        ``unconfirmed``: its message may have arrived (counted). False: the row is not ours."""
+        values: dict[str, Any] = {
+            "state": PENDING,
+            "next_attempt_at": next_attempt_at,
+            "lease_until": None,
+            "last_error": error,
+        }
+        if unconfirmed:
+            values["unconfirmed"] = deliveries_table.c.unconfirmed + 1
+        return self._update_held(delivery_id, owner, values)
+
+    def mark_failed(self, delivery_id: int, error: str, owner: str) -> bool:
+        """Give up on a row we hold: it is not sent, and its entries stay taken."""
+        return self._update_held(
+            delivery_id, owner, {"state": FAILED, "lease_until": None, "last_error": error}
+        )
+
+    def _update_held(self, delivery_id: int, owner: str, values: dict[str, Any]) -> bool:
+        c = deliveries_table.c
         with self._tx() as conn:
-            conn.execute(
+            done = conn.execute(
                 update(deliveries_table)
-                .where(deliveries_table.c.id == delivery_id)
-                .values(
-                    state=FAILED,
-                    lease_until=None,
-                    last_error=error,
-                )
+                .where(c.id == delivery_id, c.state == SENDING, c.claimed_by == owner)
+                .values(**values)
             )
+            return bool(done.rowcount)
+
+    def waiting(self, now: datetime) -> list[OutboxRow]:
+        """Pending rows whose next attempt is still to come, earliest first."""
+        c = deliveries_table.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(*_ROW_COLUMNS)
+                .where(c.state == PENDING, c.next_attempt_at > now)
+                .order_by(c.next_attempt_at, c.id)
+            )
+            return [_outbox_row(row) for row in rows]
+
+    def retry_now(self, now: datetime, subscribers: Sequence[str] | None = None) -> int:
+        """Make every pending row (of these subscribers) due now; how many were waiting."""
+        c = deliveries_table.c
+        query = update(deliveries_table).where(c.state == PENDING, c.next_attempt_at > now)
+        if subscribers is not None:
+            query = query.where(c.subscriber.in_(list(subscribers)))
+        with self._tx() as conn:
+            return int(conn.execute(query.values(next_attempt_at=now)).rowcount)
+
+    def requeue_failed(
+        self, now: datetime, give_up_after: timedelta, subscribers: Sequence[str] | None = None
+    ) -> int:
+        """Put failed rows (of these subscribers) back to pending, due now, with a new
+        give-up time and their own Message-ID; how many."""
+        c = deliveries_table.c
+        query = update(deliveries_table).where(c.state == FAILED)
+        if subscribers is not None:
+            query = query.where(c.subscriber.in_(list(subscribers)))
+        values = {
+            "state": PENDING,
+            "next_attempt_at": now,
+            "deliver_until": now + give_up_after,
+            "attempts": 0,
+            "unconfirmed": 0,
+            "claimed_by": None,
+        }
+        with self._tx() as conn:
+            return int(conn.execute(query.values(**values)).rowcount)
+
+    def last_delivered(self) -> dict[str, datetime]:
+        """Each subscriber's last digest the server accepted."""
+        c = deliveries_table.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(c.subscriber, func.max(c.sent_at)).where(c.state == SENT).group_by(c.subscriber)
+            )
+            return {row[0]: row[1] for row in rows if row[1] is not None}
 
     def deliveries(self, states: Sequence[str], limit: int = 1000) -> list[OutboxRow]:
         """Outbox rows in these states, oldest first."""
@@ -286,8 +349,8 @@ class SentMarker:
         self.conn: Connection | None = None
         self.sent_at: Callable[[Any], Any] = lambda value: value
 
-    def __call__(self, ids: Sequence[int], now: datetime) -> None:
-        """Mark these rows sent at ``now``, in one commit."""
+    def __call__(self, ids: Sequence[int], now: datetime, owner: str) -> None:
+        """Mark these rows sent at ``now``, in one commit (those ``owner`` still holds)."""
         if not ids:
             return
         try:
@@ -298,8 +361,9 @@ class SentMarker:
             with self.store._turn, self.conn.begin():
                 self.conn.exec_driver_sql(
                     f"UPDATE deliveries SET state = {mark}, sent_at = {mark}, lease_until = NULL, "
-                    f"last_error = NULL WHERE id IN ({', '.join([mark] * len(ids))})",
-                    (SENT, self.sent_at(now), *ids),
+                    f"last_error = NULL WHERE state = {mark} AND claimed_by = {mark} "
+                    f"AND id IN ({', '.join([mark] * len(ids))})",
+                    (SENT, self.sent_at(now), SENDING, owner, *ids),
                 )
         except SQLAlchemyError as exc:
             self.close()  # the next call starts on a new connection

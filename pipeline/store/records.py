@@ -61,6 +61,8 @@ class OutboxRow:
     next_attempt_at: datetime
     deliver_until: datetime
     last_error: str | None
+    unconfirmed: int = 0  # copies that may have arrived (connection lost right after the data)
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

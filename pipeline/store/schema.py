@@ -27,8 +27,8 @@ from sqlalchemy.types import TypeDecorator
 
 # 1: the first release. 2: feed health (last_error_at, failing_since, alert, body_hash),
 # entry fingerprints and pruning (entries.fingerprint, entries.pruned_at), entry_sources.last_seen.
-# 3: deliveries.cut (the entries a digest only counted).
-SCHEMA_VERSION = 3
+# 3: deliveries.cut (the entries a digest only counted). 4: deliveries.unconfirmed.
+SCHEMA_VERSION = 4
 
 
 def utcnow() -> datetime:
@@ -142,6 +142,8 @@ deliveries_table = Table(
     # Entries only counted in "and N more", as "id,id,...": taken too, but one row each would
     # be most of the table (they are read back with ``taken_entries``).
     Column("cut", Text),
+    # Times the connection was lost right after the whole message went: it may have arrived.
+    Column("unconfirmed", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_deliveries_due", "state", "next_attempt_at"),
 )
 

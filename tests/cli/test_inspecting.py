@@ -27,9 +27,9 @@ def test_status_shows_feeds_subscribers_and_outbox(
     )
     cli("--config", config, "send", "--no-fetch")
     after = cli("--config", config, "status")
-    assert re.search(r"arxiv-cs\s+\S+ \S+\s+\S+ \S+\s+13\s", after.output), after.output
+    assert re.search(r"arxiv-cs\s+\S+ \S+ \S+\s+\S+ \S+ \S+\s+13\s", after.output), after.output
     assert "Outbox: 3 sent" in after.output
-    assert re.search(r"ada@example\.org\s+spiking, rl\s+daily 07:00\s+\S+ \S+\s+0\b", after.output), (
+    assert re.search(r"ada@example\.org\s+spiking, rl\s+daily 07:00\s+\S+ \S+ \S+\s+0\b", after.output), (
         after.output
     )
 
@@ -70,12 +70,12 @@ def test_fetch_and_status_show_resting_feeds(
     config = configure({"broken": feed_server.url("status/500"), "cut": feed_server.url("truncated.xml")})
     first = cli("--config", config, "fetch")
     assert re.search(
-        r"broken\s+error: HTTP 500 Internal Server Error \(failure 1; next attempt after \S+ \S+\)\s+\d",
+        r"broken\s+error: HTTP 500 Internal Server Error \(failure 1; next attempt after \S+ \S+ \S+\)\s+\d",
         first.output,
     ), first.output
     second = cli("--config", config, "fetch")
     assert re.search(
-        r"broken\s+skipped: resting after 1 failure\(s\) until \S+ \S+ "
+        r"broken\s+skipped: resting after 1 failure\(s\) until \S+ \S+ \S+ "
         r"\(last error: HTTP 500 Internal Server Error\); name it with --feed to fetch it now\s+-",
         second.output,
     ), second.output
@@ -86,9 +86,9 @@ def test_fetch_and_status_show_resting_feeds(
     line = next(line.rstrip() for line in status.output.splitlines() if line.startswith("broken"))
     # feed, last fetch, last success, entries, result, failures, next attempt, last error, url
     assert re.match(
-        r"broken\s+\S+ \S+\s+-\s+0\s+error\s+2\s+\d{4}-\d\d-\d\d \d\d:\d\d\s+"
-        r"\d{4}-\d\d-\d\d \d\d:\d\d HTTP 500 Internal Server Error\s+http://127\.0\.0\.1:\d+/status/500$",
+        r"broken\s+\S+ \S+ \S+\s+-\s+0\s+error\s+2\s+\d{4}-\d\d-\d\d \d\d:\d\d \S+\s+"
+        r"\d{4}-\d\d-\d\d \d\d:\d\d \S+ HTTP 500 Internal Server Error\s+http://127\.0\.0\.1:\d+/status/500$",
         line,
     ), line
     cut = next(line.rstrip() for line in status.output.splitlines() if line.startswith("cut"))
-    assert re.match(r"cut\s+\S+ \S+\s+\S+ \S+\s+3\s+not modified\s+0\s+due\s+-\s+http", cut), cut
+    assert re.match(r"cut\s+\S+ \S+ \S+\s+\S+ \S+ \S+\s+3\s+not modified\s+0\s+due\s+-\s+http", cut), cut

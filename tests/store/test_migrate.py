@@ -38,6 +38,7 @@ def test_a_version_1_database_upgrades_itself(configure: Callable[..., Path], tm
             ("entries", "pruned_at"),
             ("entry_sources", "last_seen"),
             ("deliveries", "cut"),  # version 3
+            ("deliveries", "unconfirmed"),  # version 4
         ]:
             conn.execute(f"alter table {table} drop column {column}")
         conn.execute("update meta set value = '1' where key = 'schema'")
