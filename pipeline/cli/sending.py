@@ -7,6 +7,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -110,11 +111,13 @@ def _print_report(settings: Settings, report: run.SendReport) -> None:
             "failed": f"failed {outcome.subscriber}: {outcome.detail}",
         }[outcome.status]
         out.print(line, markup=False)
+    now = datetime.now(UTC)
     if len(report.waiting) <= LIST_LIMIT:
         for row in report.waiting:
+            due = "due now" if row.next_attempt_at <= now else f"next attempt {when(row.next_attempt_at)}"
             out.print(
-                f"waiting {row.subscriber}: next attempt {when(row.next_attempt_at)} "
-                f"(last error: {row.last_error or '-'}); --retry-now sends it now",
+                f"waiting {row.subscriber}: {due} (last error: {row.last_error or '-'})"
+                + ("" if row.next_attempt_at <= now else "; --retry-now sends it now"),
                 markup=False,
             )
     if len(report.nothing_new) <= LIST_LIMIT:

@@ -42,7 +42,7 @@ class SendReport:
     unreachable: str | None = None  # the server could not be used (for now)
     refused: str | None = None  # the server refused us, or the config is wrong: fix, then send again
     store_error: str | None = None  # sending stopped: what was sent could not be recorded
-    waiting: list[OutboxRow] = field(default_factory=list)  # pending, next attempt still to come
+    waiting: list[OutboxRow] = field(default_factory=list)  # pending digests this run did not try
     requeued: int = 0  # failed digests put back (--retry-failed)
     dry_run: bool = False
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage

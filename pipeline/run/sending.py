@@ -91,8 +91,10 @@ def send(
             if report.store_error:  # (nothing more can be written: the report says so)
                 return report
             store.mark_checked([s.email for s in chosen], now)
-        emails = {s.email for s in chosen}
-        report.waiting = [row for row in store.waiting(clock()) if row.subscriber in emails]
+        # Pending digests this run did not try (not yet due, or left when the server became
+        # unusable): they wait in the outbox, and the report says so.
+        emails, tried = {s.email for s in chosen}, {o.subscriber for o in report.outcomes}
+        report.waiting = [r for r in store.pending() if r.subscriber in emails and r.subscriber not in tried]
         # (a subscriber whose digest is still in the outbox has something: it is on its way)
         busy = {o.subscriber for o in report.outcomes} | {row.subscriber for row in report.waiting}
         report.nothing_new = [email for email in report.nothing_new if email not in busy]

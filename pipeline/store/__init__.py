@@ -26,8 +26,10 @@ The parts, one file each: ``schema`` (tables, states), ``records`` (what callers
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, inspect, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
@@ -50,7 +52,15 @@ from .schema import (
     utcnow,
 )
 from .sql import _serialise
-from .sqlite import _engine, _safe_url
+from .sqlite import (
+    _engine,
+    _safe_url,
+    check_sqlite_file,
+    create_sqlite_file,
+    database_error,
+    foreign_database,
+    sqlite_file,
+)
 from .subscribers import Subscribers
 
 __all__ = [
@@ -73,32 +83,60 @@ __all__ = [
 
 
 class Store(Feeds, Entries, Subscribers, Leases, Outbox):
-    """A handle on the state database; open one per process, close it when done."""
+    """A handle on the state database; open one per process, close it when done.
+
+    A state file that exists but holds no digest state (0 bytes, or another program's tables)
+    is refused with a :class:`StoreError` saying what to do, never taken for a first run.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
+        file = sqlite_file(url)
         try:
             self._turn = threading.RLock()
+            if file is not None:
+                check_sqlite_file(file)
+                if not file.exists():
+                    create_sqlite_file(file, lambda conn: self._open(conn, new=True))
             self.engine = _engine(url)
             with self.engine.begin() as conn:
-                _serialise(conn, "schema")  # two processes starting on a new database
-                metadata.create_all(conn)
-                version = conn.execute(
-                    select(meta_table.c.value).where(meta_table.c.key == "schema")
-                ).scalar()
-                if version is None:
-                    conn.execute(insert(meta_table).values(key="schema", value=str(SCHEMA_VERSION)))
-                elif int(version) > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{url}: database schema {version} is newer than this digest ({SCHEMA_VERSION})"
-                    )
-                elif int(version) < SCHEMA_VERSION:
-                    _upgrade(conn, int(version))
+                self._open(conn, new=file is None)
         except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open {database_error(url, exc)}") from exc
+
+    def _open(self, conn: Connection, *, new: bool) -> None:
+        """Create the tables of a new database, or check and upgrade those of an existing one.
+
+        ``new``: a database that may hold nothing yet (a file being created, or a server
+        database); there, only our own tables without ``meta`` mean another program's data.
+        """
+        _serialise(conn, "schema")  # two processes starting on a new database
+        tables = set(inspect(conn).get_table_names())
+        if "meta" not in tables and (tables & set(metadata.tables) if new else True):
+            raise foreign_database(str(sqlite_file(self.url) or _safe_url(self.url)))
+        metadata.create_all(conn)
+        version = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema")).scalar()
+        if version is None:
+            conn.execute(insert(meta_table).values(key="schema", value=str(SCHEMA_VERSION)))
+        elif int(version) > SCHEMA_VERSION:
             raise StoreError(
-                f"cannot open state database {_safe_url(url)}: {exc.__class__.__name__}: "
-                f"{exc.args[0] if exc.args else exc}"
-            ) from exc
+                f"{_safe_url(self.url)}: database schema {version} is newer than this digest ({SCHEMA_VERSION})"
+            )
+        elif int(version) < SCHEMA_VERSION:
+            _upgrade(conn, int(version))
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        # Every part's transaction, with errors that name the database and say what the driver
+        # said (a corrupted file, a full disk), without the SQL statement and its parameters.
+        try:
+            with super()._tx() as conn:
+                yield conn
+        except StoreError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, SQLAlchemyError):
+                raise StoreError(database_error(self.url, cause)) from cause
+            raise
 
     def close(self) -> None:
         """Close the database's connections."""

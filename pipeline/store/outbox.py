@@ -183,15 +183,12 @@ class Outbox(Transactions):
             )
             return bool(done.rowcount)
 
-    def waiting(self, now: datetime) -> list[OutboxRow]:
-        """Pending rows whose next attempt is still to come, earliest first."""
+    def pending(self) -> list[OutboxRow]:
+        """Every pending row, the earliest next attempt first."""
         c = deliveries_table.c
         with self._tx() as conn:
-            rows = conn.execute(
-                select(*_ROW_COLUMNS)
-                .where(c.state == PENDING, c.next_attempt_at > now)
-                .order_by(c.next_attempt_at, c.id)
-            )
+            query = select(*_ROW_COLUMNS).where(c.state == PENDING).order_by(c.next_attempt_at, c.id)
+            rows = conn.execute(query)
             return [_outbox_row(row) for row in rows]
 
     def retry_now(self, now: datetime, subscribers: Sequence[str] | None = None) -> int:

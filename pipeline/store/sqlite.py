@@ -4,16 +4,28 @@ SQLite gets ``synchronous=FULL`` (a committed digest survives a power cut), fore
 busy timeout so a writer waits for another instead of failing, and ``BEGIN IMMEDIATE`` on every
 transaction so that the write lock is taken up front: a transaction that first read and then
 tried to upgrade its lock could fail at once, whatever the timeout.
+
+**A state file is never empty.** A missing file is a first run; a new one is built beside the
+final name and linked into place whole (:func:`create_sqlite_file`), so an existing file of
+0 bytes was emptied by someone (a full disk, ``> state.db``) and is refused instead of being
+taken for a first run, which would send every entry within ``lookback`` again, to everyone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..errors import StoreError
 
 _BUSY_SECONDS = 30  # how long a connection waits for another's write to finish
 
@@ -68,3 +80,81 @@ def _safe_url(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return url
+
+
+# What a damaged or foreign state file leaves its owner to do (and what the second costs).
+_WHAT_TO_DO = (
+    "restore it from a backup, or delete it to start afresh (a fresh state knows nothing of "
+    "what was sent: every entry within [digest] lookback goes to everyone again)"
+)
+_CORRUPT = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL names (None for other databases and in-memory ones)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def create_sqlite_file(path: Path, initialise: Callable[[Connection], None]) -> None:
+    """Make a new state file at ``path``, whole: built under another name, then linked into place.
+
+    ``initialise`` writes the tables and the schema version. Two processes starting at once
+    both build one; the first link wins and the other's copy is dropped. A file that is
+    already there is left alone.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.new-{os.getpid()}-{threading.get_ident()}")
+    for leftover in (draft, Path(f"{draft}-wal"), Path(f"{draft}-shm")):
+        leftover.unlink(missing_ok=True)
+    engine = _engine(f"sqlite:///{draft}")
+    try:
+        with engine.begin() as conn:
+            initialise(conn)
+    finally:
+        engine.dispose()  # the last connection checkpoints and removes the write-ahead log
+    try:
+        os.link(draft, path)  # fails if the name exists: never replaces a state file
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links
+        if not path.exists():
+            os.replace(draft, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            draft.unlink()
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a state file that exists but is empty (0 bytes): it is not a first run."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size == 0:
+            raise StoreError(
+                f"state file {path} is empty (0 bytes): it holds no record of what was sent. "
+                f"Do not run digest on it: {_WHAT_TO_DO}"
+            )
+
+
+def foreign_database(where: str) -> StoreError:
+    """The error for a database that holds tables but no digest ``meta`` table."""
+    return StoreError(
+        f"state database {where} is not digest's: it holds tables but no `meta` table. "
+        f"Check [digest] database; if it is the right file, {_WHAT_TO_DO}"
+    )
+
+
+def database_error(url: str, exc: SQLAlchemyError) -> str:
+    """What went wrong, for people: the database named, the driver's words, never the SQL."""
+    where = str(sqlite_file(url) or _safe_url(url))
+    original = exc.orig if isinstance(exc, DBAPIError) else None
+    detail = str(original) if original is not None else str(exc).partition("\n")[0]
+    code = getattr(original, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _CORRUPT:
+        return (
+            f"state database {where} is corrupted ({detail}). Stop digest and {_WHAT_TO_DO}; "
+            f"`sqlite3 {where} .recover | sqlite3 NEW.db` may save most of it"
+        )
+    kind = type(original or exc).__name__
+    return f"state database {where}: {kind}: {detail}"

@@ -8,6 +8,7 @@ Real aiosmtpd servers on 127.0.0.1, real SQLite files (one on a small tmpfs), th
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from conftest import (
     SmtpServer,
     delivery_rows,
     delivery_states,
+    free_port,
     many,
     queue_outbox,
     send_process,
@@ -238,3 +240,19 @@ def test_a_holder_id_tells_apart_processes_that_share_a_host_name_and_pid() -> N
     assert not holder_is_dead(f"{host}:{pid}:otherboot.12345.abcd")
     # An earlier process of this machine that had our pid: gone.
     assert holder_is_dead(f"{host}:{pid}:{scope.rpartition('.')[0]}.00000000")
+
+
+def test_the_summary_counts_every_digest_left_in_the_outbox(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    # The server is unusable from the first claim on: the digests never claimed wait too.
+    server = SmtpServer("127.0.0.1", free_port(), SmtpHandler())  # (nothing listens there)
+    config = many(tmp_path, 120, smtp_section(server, timeout="1s", retries=1))
+    result = cli("--config", config, "send")
+    assert result.exit_code == 3, result.output
+    found = re.search(
+        r"0 sent, (\d+) pending, 0 failed, 0 retried, (\d+) waiting in the outbox; 0 with nothing new",
+        result.output,
+    )
+    assert found and int(found[1]) + int(found[2]) == 120, result.output
+    assert set(delivery_states(tmp_path).values()) == {"pending"}
