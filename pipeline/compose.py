@@ -112,11 +112,14 @@ def mailbox(name: str, display: str | None, address: str) -> str:
 
 @lru_cache(maxsize=16)
 def list_id_header(list_id: str) -> str:
-    """``Title <list.id>`` (RFC 2919) with the title quoted or encoded as needed."""
+    """``Title <list.id>`` (RFC 2919), written as :func:`mailbox` writes ``Name <address>``.
+
+    The title is quoted or encoded, and folded only between words (encoded words come folded
+    already: folding them again would leave an empty line, which ends the header block).
+    """
     phrase, _, rest = clean_text(list_id).rpartition("<")
     ident = "".join(rest.rstrip(">").split())
-    phrase = header_text(phrase, NAME_LIMIT)
-    return _fold("List-Id", f"{_phrase('List-Id', phrase)} <{ident}>" if phrase else f"<{ident}>")
+    return mailbox("List-Id", phrase, ident) if header_text(phrase, NAME_LIMIT) else f"<{ident}>"
 
 
 @lru_cache(maxsize=16)

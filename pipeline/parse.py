@@ -8,14 +8,16 @@ untrusted:
   canonical link, else a hash of its title and text;
 - **links** keep only http(s), lose tracking parameters (``utm_*``, ``fbclid``, ...) and
   default ports, and keep the fragment (comment feeds tell entries apart only by it);
-- **titles** lose control characters and collapse whitespace; an entry without a title gets
-  the first words of its text with an ellipsis;
+- **titles** lose control characters and collapse whitespace, and are cut at a word boundary
+  after ``TITLE_LIMIT`` characters (with "…"); an entry without a title gets the first words
+  of its text with an ellipsis;
 - **dates** are timezone-aware UTC: published, else updated, else none (the store then uses
   the time it first saw the entry);
 - **arXiv ids** are read from the id, the guid and the link, whatever the spelling
   (``2403.12345``, ``oai:arXiv.org:2403.12345v1``, ``arxiv.org/abs/2403.12345v2``,
   ``huggingface.co/papers/2403.12345`` are one paper);
-- summaries stay HTML here and are sanitised when rendered.
+- summaries stay HTML here and are sanitised when rendered; one longer than ``SUMMARY_LIMIT``
+  characters is cut here (see :func:`cap_summary`).
 
 A feed flagged "bozo" (malformed) that still yields entries is used, with a warning; one that
 yields none is an error for that feed only.
@@ -72,6 +74,10 @@ _URL_BREAKS = re.compile(r"[\t\r\n]")
 _URL_SPACE = re.compile(r"\s")
 TITLE_WORDS = 12
 TITLE_CHARS = 80
+# Bounds on what one entry may bring: a feed within [fetch] max_bytes could otherwise hold a
+# 9.5 MB title, and every email then carried it (twice: text and HTML).
+TITLE_LIMIT = 300  # characters, "…" included
+SUMMARY_LIMIT = 100_000  # characters of HTML; rendering keeps at most [digest] summary_words words
 
 
 def parse_feed(result: FetchResult) -> ParsedFeed:
@@ -271,8 +277,8 @@ def _summary_html(raw: Any) -> str:
     best = max(candidates, key=lambda c: len(c["value"]))
     value = _ARXIV_PREAMBLE.sub("", str(best["value"]).strip())
     if best.get("type") == "text/plain":
-        return "<p>" + html.escape(value).replace("\n\n", "</p><p>") + "</p>"
-    return value
+        value = "<p>" + html.escape(value).replace("\n\n", "</p><p>") + "</p>"
+    return cap_summary(value)
 
 
 def normalise_title(text: str, *, is_html: bool = False) -> str:
@@ -301,7 +307,36 @@ def _title(raw: Any, summary: str) -> str:
     title = normalise_title(
         str(raw.get("title") or ""), is_html=detail.get("type") in ("text/html", "application/xhtml+xml")
     )
-    return title or title_from_text(strip_html(summary))
+    return cap_title(title) if title else title_from_text(strip_html(summary))
+
+
+def cap_title(title: str, limit: int = TITLE_LIMIT) -> str:
+    """A title of at most ``limit`` characters: cut at a word boundary, with "…" when cut."""
+    if len(title) <= limit:
+        return title
+    short = title[: limit - 1]  # room for the ellipsis
+    if title[limit - 1] != " " and " " in short[limit // 2 :]:
+        short = short.rsplit(" ", 1)[0]  # not in the middle of a word, unless it is one long word
+    return short.rstrip(" ,;:.") + "…"
+
+
+def cap_summary(summary_html: str, limit: int = SUMMARY_LIMIT) -> str:
+    """A summary of at most ``limit`` characters (plus "…"): cut, but not inside a tag or entity.
+
+    Cut here, before storing, rather than when rendering: a summary is stored, indexed for
+    matching and read back by every run, and rendering shows at most ``[digest]
+    summary_words`` words of it anyway. Markup left open by the cut is closed by the
+    sanitiser when the summary is rendered.
+    """
+    if len(summary_html) <= limit:
+        return summary_html
+    short = summary_html[:limit]
+    tag, entity = short.rfind("<"), short.rfind("&")
+    if tag > short.rfind(">"):
+        short = short[:tag]  # a tag cut in two
+    if entity > short.rfind(";") and entity > len(short) - 12:
+        short = short[:entity]  # an entity cut in two (&amp; ... &#x1F600;)
+    return short + "…"
 
 
 def canonical_link(link: object) -> str | None:

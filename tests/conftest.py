@@ -558,8 +558,11 @@ def many(tmp_path: Path, n: int, smtp: str, *, extra_digest: str = "") -> Path:
 
 
 def state_db(tmp_path: Path) -> sqlite3.Connection:
-    """The state database of a config in ``tmp_path`` (its default ``state/digest.db``)."""
-    return sqlite3.connect(tmp_path / "state" / "digest.db")
+    """The state database of a config in ``tmp_path`` (its default ``state/digest.db``).
+
+    Opened without creating it (``mode=rw``): digest refuses an empty state file, and a test
+    may look before digest has made it (sqlite3.OperationalError then)."""
+    return sqlite3.connect((tmp_path / "state" / "digest.db").as_uri() + "?mode=rw", uri=True)
 
 
 def delivery_states(tmp_path: Path) -> dict[str, str]:

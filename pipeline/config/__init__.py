@@ -11,7 +11,7 @@ the sections and :class:`Settings`, ``load`` the reading, the error messages and
 
 from __future__ import annotations
 
-from .load import CONFIG_ENV, config_path, key_line, load_settings, parse_settings
+from .load import CONFIG_ENV, ConfigParts, config_path, key_line, load_settings, parse_settings
 from .settings import (
     DEFAULT_CONFIG,
     DigestSection,
@@ -22,6 +22,7 @@ from .settings import (
     SmtpSection,
     SubscriberConfig,
     TopicConfig,
+    list_label,
     sender_address,
 )
 from .values import (
@@ -33,9 +34,11 @@ from .values import (
     Schedule,
     ScheduleValue,
     TimeZone,
+    ascii_domain,
     cron_day_of_week,
     email_address,
     format_duration,
+    is_loopback,
     parse_duration,
     parse_schedule,
 )
@@ -44,6 +47,7 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
     "WEEKDAYS",
+    "ConfigParts",
     "DigestSection",
     "Duration",
     "Email",
@@ -59,11 +63,14 @@ __all__ = [
     "SubscriberConfig",
     "TimeZone",
     "TopicConfig",
+    "ascii_domain",
     "config_path",
     "cron_day_of_week",
     "email_address",
     "format_duration",
+    "is_loopback",
     "key_line",
+    "list_label",
     "load_settings",
     "parse_duration",
     "parse_schedule",

@@ -7,16 +7,18 @@ it can be found, the key path and what is wrong, as a :class:`~pipeline.errors.C
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
-from .settings import DEFAULT_CONFIG, Settings
+from .settings import DEFAULT_CONFIG, DigestSection, FeedConfig, Settings, SmtpSection, TopicConfig
 
 CONFIG_ENV = "DIGEST_CONFIG"
 
@@ -31,22 +33,29 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read, validate and resolve the config file, or raise ConfigError listing every problem."""
     file = config_path(path)
+    return parse_settings(_read(file), file)
+
+
+def _read(file: Path) -> str:
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{file}: config file not found (use --config PATH or ${CONFIG_ENV})"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{file}: cannot read config file: {exc}"]) from None
-    return parse_settings(text, file)
+
+
+def _toml(text: str, file: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError([f"{file}:{line[1] + ':' if line else ''} TOML syntax error: {exc}"]) from None
 
 
 def parse_settings(text: str, file: Path) -> Settings:
     """Validate config text as if it were the file ``file``."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        raise ConfigError([f"{file}:{line[1] + ':' if line else ''} TOML syntax error: {exc}"]) from None
+    data = _toml(text, file)
     locator = _Locator(text)
     problems: list[tuple[int | None, str]] = []
     settings: Settings | None = None
@@ -71,6 +80,98 @@ def parse_settings(text: str, file: Path) -> Settings:
     return settings
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigParts:
+    """What ``check`` looks into beyond the schema, from a valid config or from the parts of an
+    invalid one that validate on their own.
+
+    ``topics`` holds each topic's ``keywords``, ``exclude`` and ``query`` that are well-typed;
+    ``local_feeds`` the index and resolved path of each feed whose ``url`` is a local file;
+    ``templates`` the resolved templates folder; ``smtp`` the section, when it validates.
+    """
+
+    path: Path
+    text: str
+    topics: dict[str, TopicConfig]
+    local_feeds: tuple[tuple[int, str], ...]
+    templates: str | None
+    smtp: SmtpSection | None
+
+    def line(self, key: tuple[str | int, ...]) -> int | None:
+        """The line of the file where ``key`` (or its nearest parent) is written."""
+        return key_line(self.text, key) if self.text else None
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConfigParts:
+        """The parts of a valid config."""
+        try:
+            text = settings.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        return cls(
+            path=settings.path,
+            text=text,
+            topics=dict(settings.topics),
+            local_feeds=tuple((i, f.url) for i, f in enumerate(settings.feeds) if f.is_local),
+            templates=settings.digest.templates,
+            smtp=settings.smtp,
+        )
+
+    @classmethod
+    def salvage(cls, path: str | os.PathLike[str] | None) -> ConfigParts | None:
+        """The parts of a config file that validate on their own, whatever the rest holds
+        (None when the file cannot be read or is not TOML: then nothing more can be checked)."""
+        file = config_path(path)
+        try:
+            text = _read(file)
+            data = _toml(text, file)
+        except ConfigError:
+            return None
+        context = {"base_dir": file.resolve().parent}
+        topics: dict[str, TopicConfig] = {}
+        raw_topics = data.get("topics")
+        for name, topic in raw_topics.items() if isinstance(raw_topics, dict) else ():
+            if isinstance(topic, dict):
+                # each of the keys the matcher compiles, if it is well-typed on its own
+                fields = {
+                    key: topic[key]
+                    for key in ("keywords", "exclude", "query")
+                    if key in topic and _valid(TopicConfig, {key: topic[key]}, context)
+                }
+                compiled = _valid(TopicConfig, fields, context) if fields else None
+                if compiled is not None:
+                    topics[name] = compiled
+        feeds: list[tuple[int, str]] = []
+        raw_feeds = data.get("feeds")
+        for i, feed in enumerate(raw_feeds if isinstance(raw_feeds, list) else ()):
+            url = feed.get("url") if isinstance(feed, dict) else None
+            parsed = _valid(FeedConfig, {"name": "x", "url": url}, context) if isinstance(url, str) else None
+            if parsed is not None and parsed.is_local:
+                feeds.append((i, parsed.url))
+        digest = data.get("digest")
+        templates = digest.get("templates") if isinstance(digest, dict) else None
+        section = _valid(DigestSection, {"templates": templates}, context) if templates is not None else None
+        return cls(
+            path=file,
+            text=text,
+            topics=topics,
+            local_feeds=tuple(feeds),
+            templates=section.templates if section else None,
+            smtp=_valid(SmtpSection, data.get("smtp"), context) if "smtp" in data else None,
+        )
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _valid(model: type[_Model], data: object, context: dict[str, Any]) -> _Model | None:
+    """``data`` validated as ``model``, or None."""
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError:
+        return None
+
+
 def key_line(text: str, key: tuple[str | int, ...]) -> int | None:
     """The line of config ``text`` where the key path ``key`` (or its nearest parent) is written."""
     return _Locator(text).line(key)
@@ -82,12 +183,20 @@ def _message(error: Any) -> str:
         return "unknown key"
     if kind == "missing":
         return "missing required key"
+    if kind in ("bool_type", "bool_parsing"):
+        # TOML has true and false; a string "yes" (or 1) is a mistake, never silently true
+        return f"expected true or false, got {_toml_value(error.get('input'))}"
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind.startswith(
         ("string_pattern", "string_type", "int_", "bool_", "float_", "greater", "less", "too_")
     ):
         message += f" (got {error.get('input')!r})"
     return message
+
+
+def _toml_value(value: object) -> str:
+    """A value as it is written in TOML (``"yes"``, ``1``), for messages."""
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _cross_check(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import unicodedata
 from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
@@ -16,11 +18,31 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from .values import Duration, Email, Mailbox, Name, ScheduleValue, TimeZone, parse_schedule
+from .values import (
+    Duration,
+    Email,
+    Mailbox,
+    Name,
+    ScheduleValue,
+    TimeZone,
+    ascii_domain,
+    is_loopback,
+    parse_schedule,
+)
 
 DEFAULT_CONFIG = Path("config/digest.toml")
+LIST_LABEL_LIMIT = 60  # characters of the title's slug in the list id
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
 
 
 class _Section(BaseModel):
@@ -44,11 +66,11 @@ class DigestSection(_Section):
     database: str = "state/digest.db"
     lookback: Duration = timedelta(days=7)
     max_entries: int = Field(30, ge=1, le=1000)
-    send_empty: bool = False
+    send_empty: StrictBool = False  # strict: "yes" or 1 is a mistake, not true
     timezone: TimeZone = ZoneInfo("UTC")
     templates: str | None = None
     summary_words: int = Field(120, ge=5, le=2000)
-    images: bool = False
+    images: StrictBool = False
     base_url: str | None = Field(None, pattern=r"^https?://\S+$")
     admin: Email | None = None
     retain: Duration = timedelta(days=90)
@@ -92,11 +114,28 @@ class SmtpSection(_Section):
     retries: int = Field(3, ge=1, le=10)
     retry_delay: Duration = timedelta(seconds=2)
     give_up_after: Duration = timedelta(days=2)
+    allow_plaintext_auth: StrictBool = False
 
     @field_validator("ca_file")
     @classmethod
     def _ca_file(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _no_password_in_the_clear(self) -> SmtpSection:
+        # AUTH PLAIN / LOGIN send the password as base64: without TLS anyone on the path reads it.
+        if (
+            self.username
+            and self.security == "none"
+            and not self.allow_plaintext_auth
+            and not is_loopback(self.host)
+        ):
+            raise ValueError(
+                f'username is set but security = "none": the password would cross the network '
+                f'to {self.host} unencrypted. Use security = "starttls" or "tls", or set '
+                "allow_plaintext_auth = true if that network is trusted"
+            )
+        return self
 
     @property
     def effective_port(self) -> int:
@@ -185,23 +224,47 @@ class Settings(_Section):
 
     @property
     def list_id(self) -> str:
-        """The digest's list identifier (RFC 2919): ``Title <slug.sender-domain>``."""
-        domain = sender_address(self.sender).rpartition("@")[2] or "localhost"
-        title = self.digest.title
-        slug = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-") or "digest"
-        return f"{title} <{slug}.{domain}>"
+        """The digest's list identifier (RFC 2919): ``Title <slug.sender-domain>``.
+
+        The identifier is ASCII, as RFC 2919 requires: the title's slug (accents dropped, any
+        other character a ``-``, at most ``LIST_LABEL_LIMIT`` characters) and the sender's
+        domain in its IDNA form. The title in front is free text; compose encodes it.
+        """
+        return f"{self.digest.title} <{list_label(self.digest.title)}.{self.list_domain}>"
+
+    @property
+    def list_domain(self) -> str:
+        """The sender's domain, ASCII (punycode for an internationalised one)."""
+        domain = sender_address(self.sender).rpartition("@")[2].strip("[]") or "localhost"
+        return ascii_domain(domain)
 
     def unsubscribe_url(self, email: str) -> str:
         """Where a subscriber's unsubscribe link points: the web endpoint, else a mailto."""
         if self.digest.base_url:
             return f"{self.digest.base_url.rstrip('/')}/unsubscribe?email={quote(email)}"
-        address = sender_address(self.sender)
-        return f"mailto:{address}?subject={quote('unsubscribe ' + email)}"
+        return self._unsubscribe_mailto(email)
 
     def unsubscribe_links(self, email: str) -> list[str]:
         """The targets of a digest's List-Unsubscribe header (RFC 2369), web endpoint first."""
         links = [self.unsubscribe_url(email)] if self.digest.base_url else []
-        return [*links, f"mailto:{sender_address(self.sender)}?subject=unsubscribe"]
+        return [*links, self._unsubscribe_mailto(email)]
+
+    def _unsubscribe_mailto(self, email: str) -> str:
+        # It names the subscriber, in the header as in the footer: a request sent from another
+        # of their addresses (an alias, a forwarder) still says whom to take off.
+        return f"mailto:{sender_address(self.sender)}?subject={quote('unsubscribe ' + email)}"
+
+
+def list_label(title: str) -> str:
+    """The title as an RFC 2919 list label: ASCII letters, digits and ``-``, at most
+    ``LIST_LABEL_LIMIT`` characters (``Résumé hebdo`` -> ``resume-hebdo``); ``digest`` if none."""
+    ascii_text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode("ascii")
+    slug = _NOT_SLUG.sub("-", ascii_text.lower()).strip("-")
+    if len(slug) > LIST_LABEL_LIMIT:
+        slug = slug[: LIST_LABEL_LIMIT + 1]
+        # at a word's end when one is near the limit
+        slug = slug.rsplit("-", 1)[0] if "-" in slug[LIST_LABEL_LIMIT // 2 :] else slug[:LIST_LABEL_LIMIT]
+    return slug.strip("-") or "digest"
 
 
 # Cached: parseaddr is not cheap, and every digest of a run asks about the same sender.

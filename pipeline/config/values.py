@@ -8,6 +8,7 @@ file, and an ``Annotated`` type that the pydantic sections use (``Duration``, ``
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import time, timedelta
@@ -66,9 +67,25 @@ _PLAIN_LOCAL = re.compile(r"[a-z0-9_%+-]+(?:\.[a-z0-9_%+-]+)*")
 
 
 def email_address(value: object) -> str:
-    """An email address as email_validator normalises it, or ValueError saying what is wrong."""
+    """An email address as email_validator normalises it, or ValueError saying what is wrong.
+
+    An address written in ASCII stays ASCII: ``a@xn--r8jz45g.jp`` is not turned into
+    ``a@例え.jp``, which only a server announcing SMTPUTF8 (RFC 6531) would accept. One written
+    with non-ASCII characters keeps them. The domain must have a dot (``turing@example`` is a
+    typo, not an address), except ``localhost``, which email_validator judges on its own.
+    """
     if not isinstance(value, str):
         raise ValueError(f"an email address is a string, not {value!r}")
+    address = _address(value)
+    domain = address.rpartition("@")[2]
+    if "." not in domain and domain.lower() != "localhost":
+        raise ValueError(
+            f"bad email address {value!r}: The part after the @-sign is not valid. It should have a period."
+        )
+    return address
+
+
+def _address(value: str) -> str:
     # Most of email_validator's time goes on the domain, which subscribers share: a plain
     # address takes its domain's result, checked once. Anything else, and every error, goes
     # through the whole check.
@@ -79,14 +96,38 @@ def email_address(value: object) -> str:
         except EmailNotValidError:
             pass
     try:
-        return _validate(value).normalized
+        checked = _validate(value)
     except EmailNotValidError as exc:
         raise ValueError(f"bad email address {value!r}: {exc}") from None
+    if value.isascii() and checked.ascii_email:
+        return str(checked.ascii_email)
+    return str(checked.normalized)
 
 
 @functools.lru_cache(maxsize=256)
 def _domain(domain: str) -> str:
-    return str(_validate(f"x@{domain}").domain)
+    """An ASCII domain as email_validator normalises it, still in ASCII (punycode stays)."""
+    return str(_validate(f"x@{domain}").ascii_domain)
+
+
+def ascii_domain(domain: str) -> str:
+    """A domain in its ASCII form (IDNA, RFC 5891): ``例え.jp`` -> ``xn--r8jz45g.jp``.
+
+    A domain email_validator does not take comes back lower-cased, as it is."""
+    try:
+        return _domain(domain)
+    except EmailNotValidError:
+        return domain.lower()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (a password sent to it never crosses a network)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _validate(address: str) -> ValidatedEmail:

@@ -20,7 +20,6 @@ slowly its lines arrive, and has at most ``MAX_REPLY_LINES`` lines.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import re
 import smtplib
 import socket
@@ -48,16 +47,6 @@ def enhanced_status(reply: bytes) -> tuple[int, int, int] | None:
     """The RFC 3463 enhanced status code a reply text starts with (``5.7.1``), if any."""
     found = _ENHANCED.match(reply)
     return (int(found[1]), int(found[2]), int(found[3])) if found else None
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine (a password sent to it never crosses a network)."""
-    if host.lower() in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class RateLimit:

@@ -24,12 +24,14 @@ from .templates import (
 from .views import EntryView, SectionView, entry_context, entry_key, topic_key
 
 TEXT_WIDTH = 78
+SIGNATURE_SEPARATOR = "-- "
 
 
 def _wrap_line(line: str, width: int) -> list[str]:
     """One line wrapped at ``width`` (greedy, at spaces), keeping its indent; words never break."""
     if len(line) <= width:
-        return [line.rstrip()]
+        # "-- " is the signature separator (RFC 3676 4.3): its trailing space is what it is.
+        return [line if line == SIGNATURE_SEPARATOR else line.rstrip()]
     stripped = line.lstrip()
     indent = line[: len(line) - len(stripped)]
     words = stripped.split()

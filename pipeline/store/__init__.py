@@ -26,10 +26,8 @@ The parts, one file each: ``schema`` (tables, states), ``records`` (what callers
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from sqlalchemy import Connection, inspect, insert, select
+from sqlalchemy import Connection, insert, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
@@ -102,7 +100,7 @@ class Store(Feeds, Entries, Subscribers, Leases, Outbox):
             with self.engine.begin() as conn:
                 self._open(conn, new=file is None)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open {database_error(url, exc)}") from exc
+            raise StoreError(database_error(url, exc, opening=True)) from exc
 
     def _open(self, conn: Connection, *, new: bool) -> None:
         """Create the tables of a new database, or check and upgrade those of an existing one.
@@ -113,30 +111,18 @@ class Store(Feeds, Entries, Subscribers, Leases, Outbox):
         _serialise(conn, "schema")  # two processes starting on a new database
         tables = set(inspect(conn).get_table_names())
         if "meta" not in tables and (tables & set(metadata.tables) if new else True):
-            raise foreign_database(str(sqlite_file(self.url) or _safe_url(self.url)))
+            raise foreign_database(str(sqlite_file(self.url) or _safe_url(self.url)), tables=bool(tables))
         metadata.create_all(conn)
         version = conn.execute(select(meta_table.c.value).where(meta_table.c.key == "schema")).scalar()
         if version is None:
             conn.execute(insert(meta_table).values(key="schema", value=str(SCHEMA_VERSION)))
         elif int(version) > SCHEMA_VERSION:
             raise StoreError(
-                f"{_safe_url(self.url)}: database schema {version} is newer than this digest ({SCHEMA_VERSION})"
+                f"{_safe_url(self.url)}: database schema {version} is newer than this digest "
+                f"({SCHEMA_VERSION})"
             )
         elif int(version) < SCHEMA_VERSION:
             _upgrade(conn, int(version))
-
-    @contextmanager
-    def _tx(self) -> Iterator[Connection]:
-        # Every part's transaction, with errors that name the database and say what the driver
-        # said (a corrupted file, a full disk), without the SQL statement and its parameters.
-        try:
-            with super()._tx() as conn:
-                yield conn
-        except StoreError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, SQLAlchemyError):
-                raise StoreError(database_error(self.url, cause)) from cause
-            raise
 
     def close(self) -> None:
         """Close the database's connections."""

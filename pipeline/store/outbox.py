@@ -24,6 +24,7 @@ from .leases import holder_is_dead
 from .records import OutboxRow, QueuedDigest
 from .schema import FAILED, PENDING, SENDING, SENT, deliveries_table, subscribers_table, taken_table
 from .sql import Transactions, _bind, _chunks, _dialect_insert, _mark, _serialise
+from .sqlite import database_error
 
 # An outbox row without its spec: most claims are of digests the sender planned itself.
 _ROW_COLUMNS = [deliveries_table.c[name] for name in OutboxRow.__dataclass_fields__]
@@ -364,7 +365,7 @@ class SentMarker:
                 )
         except SQLAlchemyError as exc:
             self.close()  # the next call starts on a new connection
-            raise StoreError(f"state database error: {exc.__class__.__name__}: {exc}") from exc
+            raise StoreError(database_error(self.store.url, exc)) from exc
 
     def close(self) -> None:
         """Close its connection (a later call opens a new one)."""

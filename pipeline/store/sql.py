@@ -16,11 +16,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
+from .sqlite import database_error
 
 
 class Transactions:
     """The engine and the one transaction per unit of work that every part of the store uses."""
 
+    url: str
     engine: Engine
     _turn: threading.RLock  # threads of this process take turns at writing
 
@@ -32,7 +34,9 @@ class Transactions:
             with self._turn, self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise StoreError(f"state database error: {exc.__class__.__name__}: {exc}") from exc
+            # (naming the database and what the driver said: a corrupted file, a full disk;
+            # never the SQL statement and its parameters)
+            raise StoreError(database_error(self.url, exc)) from exc
 
 
 def _dialect_insert(conn: Connection, table: Table) -> Any:

@@ -121,40 +121,57 @@ def create_sqlite_file(path: Path, initialise: Callable[[Connection], None]) -> 
         pass
     except OSError:  # a file system without hard links
         if not path.exists():
-            os.replace(draft, path)
+            draft.replace(path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             draft.unlink()
 
 
 def check_sqlite_file(path: Path) -> None:
-    """Refuse a state file that exists but is empty (0 bytes): it is not a first run."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.stat().st_size == 0:
-            raise StoreError(
-                f"state file {path} is empty (0 bytes): it holds no record of what was sent. "
-                f"Do not run digest on it: {_WHAT_TO_DO}"
-            )
+    """Refuse an existing state file that holds no digest state: empty (0 bytes), someone
+    else's tables, or unreadable. Looked at with a plain connection: nothing in it changes."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return  # a first run
+    if size == 0:
+        raise StoreError(
+            f"state file {path} is empty (0 bytes): it holds no record of what was sent. "
+            f"Do not run digest on it: {_WHAT_TO_DO}"
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=_BUSY_SECONDS)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise StoreError(_driver_error(str(path), exc, opening=True)) from exc
+    if "meta" not in tables:
+        raise foreign_database(str(path), tables=bool(tables))
 
 
-def foreign_database(where: str) -> StoreError:
-    """The error for a database that holds tables but no digest ``meta`` table."""
+def foreign_database(where: str, *, tables: bool) -> StoreError:
+    """The error for an existing database without digest's ``meta`` table (someone else's, or emptied)."""
+    holds = "it holds tables but no digest `meta` table" if tables else "it holds no tables at all"
     return StoreError(
-        f"state database {where} is not digest's: it holds tables but no `meta` table. "
-        f"Check [digest] database; if it is the right file, {_WHAT_TO_DO}"
+        f"state database {where} is not a digest state: {holds}. Check [digest] database; "
+        f"if it is the right file, {_WHAT_TO_DO}"
     )
 
 
-def database_error(url: str, exc: SQLAlchemyError) -> str:
+def database_error(url: str, exc: SQLAlchemyError, *, opening: bool = False) -> str:
     """What went wrong, for people: the database named, the driver's words, never the SQL."""
     where = str(sqlite_file(url) or _safe_url(url))
     original = exc.orig if isinstance(exc, DBAPIError) else None
-    detail = str(original) if original is not None else str(exc).partition("\n")[0]
-    code = getattr(original, "sqlite_errorcode", None)
+    if original is not None:
+        return _driver_error(where, original, opening=opening)
+    detail = str(exc).partition("\n")[0]
+    return f"{'cannot open ' if opening else ''}state database {where}: {type(exc).__name__}: {detail}"
+
+
+def _driver_error(where: str, exc: BaseException, *, opening: bool) -> str:
+    code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(code, int) and code & 0xFF in _CORRUPT:
         return (
-            f"state database {where} is corrupted ({detail}). Stop digest and {_WHAT_TO_DO}; "
+            f"state database {where} is corrupted ({exc}). Stop digest and {_WHAT_TO_DO}; "
             f"`sqlite3 {where} .recover | sqlite3 NEW.db` may save most of it"
         )
-    kind = type(original or exc).__name__
-    return f"state database {where}: {kind}: {detail}"
+    return f"{'cannot open ' if opening else ''}state database {where}: {type(exc).__name__}: {exc}"
