@@ -2,7 +2,7 @@
 plain-text alert that tells the admin a feed is failing or has recovered.
 
 Only building happens here; ``deliver`` sends. The message is written as bytes directly, not
-through ``EmailMessage`` (whose build and ``as_bytes`` cost 6-10 ms per digest): headers are
+through ``EmailMessage`` (whose build and ``as_bytes`` cost more than the rest of a digest): headers are
 ours, non-ASCII header text is encoded by the email package's RFC 2047 ``Header``, and both
 bodies are quoted-printable from ``binascii.b2a_qp`` (C), line by line with a per-process
 cache, since most lines of a run's emails (its entries) are the same for every subscriber.
@@ -37,10 +37,9 @@ SUBJECT_LIMIT = 200
 NAME_LIMIT = 100
 LINE = 78  # recommended header line length (RFC 5322 2.1.1)
 CRLF = b"\r\n"
-# Encoded bytes each cache keeps before it starts over. Most lines an email adds are its own
-# (name, links): a small cache keeps the shared ones hot about as well as a large one (2,000
-# emails, 240,000 look-ups: 21,400 misses with 0.5 MB, 18,600 with 12 MB). Parts are pieces
-# that many emails share: 1 MB missed half of them, 4 MB as few as 48 MB.
+# Encoded bytes each cache keeps before it starts over (sizes measured: docs/performance.md).
+# Most lines an email adds are its own (name, links): a small cache keeps the shared ones hot
+# about as well as a large one. Parts are pieces that many emails share: they need more room.
 _QP_LINES_BYTES = 2**20
 _QP_PARTS_BYTES = 4 * 2**20
 _qp_lines: dict[str, bytes] = {}

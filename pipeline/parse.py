@@ -26,7 +26,7 @@ yields none is an error for that feed only.
 quadratic in the length of an author string: a 40 kB author took 11 s here), and a regex
 cannot be interrupted from Python. Feeds are therefore parsed in a helper process
 (:class:`ParserProcess`) that is killed when the time limit is over, so a hostile feed costs
-at most the limit and fails alone; the helper starts once per fetch (~0.3 s) and is reused.
+at most the limit and fails alone; the helper starts once per fetch and is reused.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def parse_feed_bounded(result: FetchResult, *, time_limit: float) -> ParsedFeed:
 class ParserProcess:
     """A helper interpreter (``python -m pipeline.parse``) that parses feeds for this process.
 
-    It imports only this module (about 0.3 s, once) and then parses one feed after another
+    It imports only this module (once) and then parses one feed after another
     (see :mod:`pipeline.child_process`). A parse that runs past its time limit is stopped by killing
     the helper; the next parse starts a new one.
     """
