@@ -1,5 +1,6 @@
 # digest: `make demo` runs the example, `make test` runs every check. Both create .venv first.
 PYTHON ?= python3
+# `make demo VENV=/elsewhere/.venv` uses that venv (add `-o /elsewhere/.venv/.base` to use it as it is).
 VENV   := .venv
 BIN    := $(VENV)/bin
 DIGEST := $(BIN)/digest --config config/digest.toml
@@ -16,18 +17,50 @@ $(VENV)/.test: $(VENV)/.base
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The demo: fetch the sample feeds (a row each); keep Ada's next digest as a web page when she
+# has one (config/preview-ada.html, outside the Maildir); send; name the emails this run wrote.
+# A second run finds nothing new, says so, and says where the earlier digests are.
+OUTBOX := config/outbox
+PAGE   := config/preview-ada.html
+
 demo: $(VENV)/.base
 	$(DIGEST) check
-	@mkdir -p config/outbox
-	$(DIGEST) preview --subscriber ada@example.org --output config/outbox/preview-ada.html
-	$(DIGEST) send
 	@echo
-	@echo "The digests are email files in config/outbox/new/ (one per subscriber):"
-	@ls -1 config/outbox/new/
-	@echo "Open one in a mail client (for example: thunderbird config/outbox/new/<file>),"
-	@echo "or look at Ada's digest as a web page (written by 'digest preview' before the send):"
-	@echo "  python3 -m webbrowser file://$(CURDIR)/config/outbox/preview-ada.html"
-	@echo "Run 'make demo' again: nothing is sent twice. Start over with: rm -r config/state config/outbox"
+	$(DIGEST) fetch
+	@echo
+	@set -e; mkdir -p config/state $(OUTBOX)/new; \
+	$(DIGEST) preview --subscriber ada@example.org --no-fetch --output config/state/preview-ada.html \
+	    > config/state/preview-ada.txt; \
+	page="of an earlier run"; \
+	if grep -q '^0 entries' config/state/preview-ada.txt; then rm config/state/preview-ada.html; \
+	else mv config/state/preview-ada.html $(PAGE); page="of this run"; fi; \
+	ls -1 $(OUTBOX)/new > config/state/outbox-before.txt; \
+	echo "$(DIGEST) send --no-fetch"; \
+	$(DIGEST) send --no-fetch; \
+	ls -1 $(OUTBOX)/new | comm -13 config/state/outbox-before.txt - > config/state/outbox-new.txt; \
+	echo; \
+	if [ -s config/state/outbox-new.txt ]; then \
+	    echo "This run's digests, email files in the Maildir $(OUTBOX)/:"; \
+	    while read -r file; do \
+	        printf '  %s  %s\n' "$(OUTBOX)/new/$$file" "$$(grep -m1 '^To:' "$(OUTBOX)/new/$$file")"; \
+	    done < config/state/outbox-new.txt; \
+	    echo "Open one in a mail client (for example: thunderbird $(OUTBOX)/new/<file>)."; \
+	else \
+	    earlier=$$(find $(OUTBOX)/new $(OUTBOX)/cur -type f 2>/dev/null | wc -l | tr -d ' '); \
+	    case $$earlier in \
+	        0) earlier="No digest has been written yet";; \
+	        1) earlier="The digest of an earlier run is in $(OUTBOX)/new/";; \
+	        *) earlier="The $$earlier digests of earlier runs are in $(OUTBOX)/new/";; \
+	    esac; \
+	    echo "Nothing new arrived since the last run, so no digest was sent (each entry reaches"; \
+	    echo "each subscriber once). $$earlier"; \
+	    echo "(or in $(OUTBOX)/cur/ once a mail client has read them)."; \
+	fi; \
+	if [ -f $(PAGE) ]; then \
+	    echo "Ada's digest $$page as a web page: python3 -m webbrowser file://$(CURDIR)/$(PAGE)"; \
+	fi; \
+	if [ -s config/state/outbox-new.txt ]; then echo "Run 'make demo' again: nothing is sent twice."; fi; \
+	echo "Start over with: rm -r config/state $(OUTBOX) $(PAGE)"
 
 bench: $(VENV)/.base
 	$(BIN)/python bench/bench_send.py
@@ -45,4 +78,4 @@ screenshots: $(VENV)/.base
 	$(BIN)/python docs/screenshots.py
 
 clean:
-	rm -rf $(VENV) config/state config/outbox .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) config/state config/outbox config/preview-ada.html .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -3,12 +3,15 @@ logging (configured here and nowhere else), and the ``digest`` group itself."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console
@@ -16,6 +19,7 @@ from rich.console import Console
 from .. import __version__
 from ..config import Settings, config_path, load_settings
 from ..errors import ConfigError, DigestError, MatchError
+from .words import plural
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -24,9 +28,32 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 LIST_LIMIT = 20  # beyond this many digests, `send` lists only the ones that were not sent
 
-# Piped output never wraps table cells, so each feed and subscriber stays on one greppable line.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 1000)
+PIPED_WIDTH = 1000  # piped output is not wrapped: each feed and subscriber stays one greppable line
+
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err = Console(
+    stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else PIPED_WIDTH
+)
+
+
+def output_width(stream: IO[str]) -> int:
+    """How wide the faces print on ``stream``: $COLUMNS when it is set, else the terminal's
+    width, else (piped output) wide enough never to wrap."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if stream.isatty():
+        try:
+            return os.get_terminal_size(stream.fileno()).columns or 80
+        except (OSError, ValueError):
+            return 80
+    return PIPED_WIDTH
+
+
+def fit_consoles() -> None:
+    """Size both consoles for this command, on the streams it writes to now."""
+    out.width = output_width(sys.stdout)
+    err.width = output_width(sys.stderr)
 
 
 class Context:
@@ -68,6 +95,11 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def config_problems(problems: Sequence[str]) -> str:
+    """Every problem of a config, a line each, then how many there are."""
+    return "\n".join(problems) + f"\n{plural(len(problems), 'problem')} in the config."
+
+
 def handle_errors(func: F) -> F:
     """Turn the pipeline's errors into messages and exit codes, never tracebacks."""
 
@@ -75,12 +107,11 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            fail("\n".join(exc.problems) + f"\n{len(exc.problems)} problem(s) in the config.", 2)
+            fail(config_problems(exc.problems), 2)
         except MatchError as exc:
             # A topic that does not compile is a mistake in the config: name the file, exit 2.
             path = config_path(args[0].config if args and isinstance(args[0], Context) else None)
-            lines = [f"{path}: {problem}" for problem in exc.problems]
-            fail("\n".join(lines) + f"\n{len(lines)} problem(s) in the config.", 2)
+            fail(config_problems([f"{path}: {problem}" for problem in exc.problems]), 2)
         except DigestError as exc:
             fail(f"error: {exc}", 1)
         return None
@@ -90,12 +121,38 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def when(value: datetime | None) -> str:
-    """A time as the faces print it: local, to the minute, with the zone; "-" for none."""
-    return value.astimezone().strftime("%Y-%m-%d %H:%M %Z") if value else "-"
+def when(value: datetime | None, zone: ZoneInfo | None = None) -> str:
+    """A time as the faces print it: to the minute, with the zone's name; in ``zone`` (a
+    subscriber's) when given, else in this machine's; "-" for none."""
+    if value is None:
+        return "-"
+    return (value.astimezone(zone) if zone else value.astimezone()).strftime("%Y-%m-%d %H:%M %Z")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def summary(command: click.Command) -> str:
+    """A command's one-line summary, whole: its ``short_help``, else its help's first paragraph."""
+    if command.short_help:
+        return command.short_help
+    first = inspect.cleandoc(command.help or "").split("\n\n", 1)[0]
+    return " ".join(first.split())
+
+
+class DigestGroup(click.Group):
+    """The ``digest`` group: its list of commands shows each summary whole (click would cut
+    it to fit one line, mid-sentence, with "..."); long ones wrap instead."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, summary(command)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=DigestGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "-c",
@@ -108,6 +165,25 @@ def when(value: datetime | None) -> str:
 @click.version_option(__version__, prog_name="digest")
 @click.pass_context
 def main(ctx: click.Context, config: str | None, verbose: int, quiet: bool) -> None:
-    """Topic-filtered email digests of research feeds."""
+    """Topic-filtered email digests of research feeds.
+
+    digest fetches the feeds of the config (--config, else $DIGEST_CONFIG, else
+    config/digest.toml), keeps for each subscriber the new entries on their topics, and
+    emails each of them one digest (into the Maildir [outbox] maildir when the config has no
+    [smtp] section). Each verb's --help describes it.
+
+    \b
+    Examples:
+      digest check                              validate the config (offline)
+      digest fetch                              pull the feeds: a row per feed
+      digest send --dry-run                     what would be sent; sends nothing
+      digest send                               fetch, then send each new digest
+      digest status                             feeds, subscribers, the outbox
+      digest match --topic rl --since 30d       what a topic matches, to tune it
+      digest match --explain 2611.03377         why an entry matched or did not
+      digest preview -s ada@example.org --open  the next digest, in a browser
+      digest run                                send on each subscriber's schedule
+    """
     setup_logging(verbose, quiet)
+    fit_consoles()
     ctx.obj = Context(config)

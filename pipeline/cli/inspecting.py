@@ -2,38 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import click
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from ..config import format_duration, parse_duration
+from ..config import config_path, format_duration, parse_duration
 from ..errors import DigestError
 from ..match import Explanation, TermCheck
 from ..models import Entry
 
 if TYPE_CHECKING:
     from .. import run
+    from ..run.inspection import SchedulerStatus
+    from ..store import FeedState
 
 from .base import Context, fail, handle_errors, main, out, when
+from .words import plural
 
 
 @main.command()
 @click.pass_obj
 @handle_errors
 def check(ctx: Context) -> None:
-    """Validate the config: exit 0, or exit 2 listing every problem.
+    """Validate the config: exit 0, or exit 2 listing every problem (schema errors, topic
+    queries, missing feed files and templates folder, all at once, each with its line).
 
     Example: digest --config config/digest.toml check
     """
     from .. import run
 
-    settings = ctx.settings()
-    problems = run.check(settings)
+    problems = run.check(config_path(ctx.config))
     if problems:
         fail("\n".join(problems) + f"\n{len(problems)} problem(s) in the config.", 2)
+    settings = ctx.settings()
     delivery = f"SMTP {settings.smtp.host}" if settings.smtp else f"Maildir {settings.outbox.maildir}"
     out.print(
         f"{settings.path}: OK ({len(settings.feeds)} feeds, {len(settings.topics)} topics, "
@@ -47,10 +54,14 @@ def check(ctx: Context) -> None:
 @click.pass_obj
 @handle_errors
 def fetch(ctx: Context, feeds: tuple[str, ...]) -> None:
-    """Pull every due feed once, store new entries, print a line per feed.
+    """Fetch each due feed, store new entries, print a table of results.
 
     A feed resting after failures (backoff, or the server's Retry-After) is skipped until its
     next attempt, and says so; a feed named with --feed is fetched now regardless.
+
+    Exit codes: 0 no feed failed (a resting feed is skipped, which is not a failure of this
+    run); 1 at least one feed failed (its row says why); 2 the config is wrong or a --feed
+    name is unknown.
 
     Example: digest fetch --feed arxiv-cs
     """
@@ -67,6 +78,9 @@ def fetch(ctx: Context, feeds: tuple[str, ...]) -> None:
     with ctx.store(settings) as store:
         reports = run.fetch_all(settings, store, feeds=feeds or None, force=bool(feeds))
     _print_feeds(reports)
+    failed = [r.feed for r in reports if r.result == "error"]
+    if failed:
+        fail(f"error: {len(failed)} of {len(reports)} feed(s) failed: {', '.join(failed)}", 1)
 
 
 def _print_feeds(reports: list[run.FeedReport]) -> None:
@@ -84,7 +98,10 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from None
 
 
-@main.command(name="match")
+@main.command(
+    name="match",
+    short_help="List what each topic matches, or explain one entry; sends nothing.",
+)
 @click.option("--topic", "-t", "topics", multiple=True, metavar="NAME", help="Only this topic (repeatable).")
 @click.option(
     "--subscriber",
@@ -137,9 +154,9 @@ def match_command(
             return
         found = run.find_matches(settings, store, topics=topics, subscriber=subscriber, since=since)
     for topic in found:
-        count = len(topic.matches)
         out.print(
-            f"{topic.topic} ({topic.title}): {count} matching {'entry' if count == 1 else 'entries'}",
+            f"{topic.topic} ({topic.title}): "
+            + plural(len(topic.matches), "matching entry", "matching entries"),
             markup=False,
         )
         if not topic.matches:
@@ -157,8 +174,8 @@ def match_command(
     window = since or settings.digest.lookback
     total = len({m.entry.id for t in found for m in t.matches})
     out.print(
-        f"{total} {'entry matches' if total == 1 else 'entries match'} "
-        f"(published in the last {format_duration(window)}).",
+        plural(total, "entry matches", "entries match")
+        + f" (published in the last {format_duration(window)}).",
         markup=False,
     )
 
@@ -176,7 +193,7 @@ def _print_explanations(entry: Entry, explanations: list[Explanation]) -> None:
         out.print(f"  {label}: {value}", markup=False)
     for e in explanations:
         out.print("", markup=False)
-        out.print(f"{e.topic}: {'MATCH' if e.matched else 'no match'}: {e.reason}", markup=False)
+        out.print(_verdict(e), markup=False)
         if e.keywords:
             out.print(f"  keywords: {_checks(e.keywords)}", markup=False)
         if e.query is not None:
@@ -188,6 +205,13 @@ def _print_explanations(entry: Entry, explanations: list[Explanation]) -> None:
         out.print(f"  feeds: {where}", markup=False)
 
 
+def _verdict(e: Explanation) -> str:
+    """The outcome for one topic: "rl: match, score 5 (RL, bandit)" or "rl: no match: why"."""
+    if e.matched:
+        return f"{e.topic}: match, score {e.score}" + (f" ({', '.join(e.hits)})" if e.hits else "")
+    return f"{e.topic}: no match: {e.reason or 'nothing to match on'}"
+
+
 def _checks(checks: tuple[TermCheck, ...]) -> str:
     return "; ".join(
         f"{'NOT ' if c.negated else ''}{c.text} "
@@ -196,11 +220,17 @@ def _checks(checks: tuple[TermCheck, ...]) -> str:
     )
 
 
-@main.command()
+@main.command(short_help="Show the feeds, subscribers, outbox and scheduler.")
 @click.pass_obj
 @handle_errors
 def status(ctx: Context) -> None:
-    """Show feeds (last fetch, entries, errors), subscribers (last digest, pending) and the outbox.
+    """Show the feeds, the subscribers, the outbox and whether a scheduler is running.
+
+    Feeds: last fetch and success, entries, result, failures in a row, next attempt, last
+    error, URL. Subscribers: topics, schedule, last digest, pending entries, next scheduled
+    digest, times in the subscriber's timezone. The outbox: digests pending, failed or
+    waiting, with their last error. The tables fit the terminal (or $COLUMNS): when narrow,
+    the columns that matter least are left out and feed errors are listed under the table.
 
     Example: digest status
     """
@@ -210,66 +240,130 @@ def status(ctx: Context) -> None:
     settings = ctx.settings()
     with ctx.store(settings) as store:
         report = run.status(settings, store)
-    next_at = next_fire_times(settings)
-    feeds = Table(
-        "feed",
-        "last fetch",
-        "last success",
-        "entries",
-        "result",
-        "failures",
-        "next attempt",
-        "last error",
-        "url",
-        title="Feeds",
-        title_justify="left",
-        box=None,
-        pad_edge=False,
-    )
     now = datetime.now(UTC)
-    for f in report.feeds:
-        resting = f.next_attempt_at is not None and f.next_attempt_at > now
-        cells = (
-            f.name,
-            when(f.last_fetch_at),
-            when(f.last_success_at),
-            str(f.entries),
-            f.last_status or "never fetched",
-            str(f.failures),
-            when(f.next_attempt_at) if resting else ("due" if f.last_fetch_at else "-"),
-            f"{when(f.last_error_at)} {f.last_error}" if f.last_error else "-",
-            f"{f.url} (moved from {f.configured_url})" if f.moved else f.url,
-        )
-        feeds.add_row(*(Text(cell) for cell in cells))
-    out.print(feeds, markup=False)
-    subs = Table(
-        "subscriber",
-        "topics",
-        "schedule",
-        "last digest",
-        "pending entries",
-        "next digest",
-        title="Subscribers",
-        title_justify="left",
-        box=None,
-        pad_edge=False,
-    )
-    for s in report.subscribers:
-        subs.add_row(
-            s.email,
-            ", ".join(s.topics),
-            s.schedule,
-            when(s.last_digest_at),
-            str(s.pending_entries),
-            when(next_at.get(s.email)),
-        )
-    out.print(subs)
+    _print_feed_states(report.feeds, now)
+    _print_subscribers(report.subscribers, next_fire_times(settings, now))
+    _print_scheduler(report.scheduler)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report.deliveries.items())) or "empty"
     out.print(f"Outbox: {counts}", markup=False)
     for row in report.unfinished:
         # (a failed digest has no next attempt: only --retry-failed puts it back)
         after = "no more attempts" if row.state == "failed" else f"next {when(row.next_attempt_at)}"
-        out.print(
-            f"  {row.state} {row.subscriber} (attempts {row.attempts}, {after}): {row.last_error or ''}",
-            markup=False,
+        _note(f"{row.state} {row.subscriber} (attempts {row.attempts}, {after}): {row.last_error or ''}")
+    if any(row.state == "failed" for row in report.unfinished):
+        _note("digest send --retry-failed puts failed digests back in the outbox, once the cause is fixed")
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    header: str
+    drop: int = 0  # 0: always shown; else, when the table is too wide, left out in this order
+    fold: bool = False  # free text: wraps inside its column (the others keep to one line)
+
+
+def _fitted(title: str, columns: Sequence[_Column], rows: Sequence[Sequence[str]]) -> tuple[Table, set[str]]:
+    """The table with as many columns as fit the console's width, and the headers left out.
+
+    Columns are left out in their ``drop`` order until every row fits on one line; what is
+    still too wide then wraps (``fold`` columns) or is cut.
+    """
+    left_out: set[str] = set()
+    droppable = sorted((c for c in columns if c.drop), key=lambda c: c.drop)
+    while True:
+        shown = [i for i, c in enumerate(columns) if c.header not in left_out]
+        table = Table(title=title, title_justify="left", box=None, pad_edge=False)
+        for i in shown:
+            column = columns[i]
+            table.add_column(
+                column.header, no_wrap=not column.fold, overflow="fold" if column.fold else "ellipsis"
+            )
+        for row in rows:
+            # Text(): feed, server and config texts are shown as they are, never read as markup.
+            table.add_row(*(Text(row[i]) for i in shown))
+        natural = table.__rich_measure__(out, out.options.update_width(10**6)).maximum
+        if natural <= out.width or not droppable:
+            return table, left_out
+        left_out.add(droppable.pop(0).header)
+
+
+def _note(text: str) -> None:
+    """An indented line under a table, wrapped to the console's width (indented again)."""
+    out.print(Padding(Text(text), (0, 0, 0, 2)), soft_wrap=False)
+
+
+FEED_COLUMNS = (
+    _Column("feed"),
+    _Column("last fetch"),
+    _Column("last success", drop=2),
+    _Column("entries", drop=5),
+    _Column("result"),
+    _Column("failures", drop=3),
+    _Column("next attempt", drop=6),
+    _Column("last error", drop=4, fold=True),
+    _Column("url", drop=1, fold=True),
+)
+
+
+def _print_feed_states(feeds: Sequence[FeedState], now: datetime) -> None:
+    rows = []
+    for f in feeds:
+        resting = f.next_attempt_at is not None and f.next_attempt_at > now
+        rows.append(
+            (
+                f.name,
+                when(f.last_fetch_at),
+                when(f.last_success_at),
+                str(f.entries),
+                f.last_status or "never fetched",
+                str(f.failures),
+                when(f.next_attempt_at) if resting else ("due" if f.last_fetch_at else "-"),
+                f"{when(f.last_error_at)} {f.last_error}" if f.last_error else "-",
+                f"{f.url} (moved from {f.configured_url})" if f.moved else f.url,
+            )
         )
+    table, left_out = _fitted("Feeds", FEED_COLUMNS, rows)
+    out.print(table, markup=False)
+    for f in feeds:
+        # What a narrow table leaves out but must not hide: why a feed fails, where it moved.
+        if "last error" in left_out and f.last_error:
+            failing = f"{plural(f.failures, 'failure')} in a row, " if f.failures else ""
+            _note(f"{f.name}: {failing}last error {when(f.last_error_at)}: {f.last_error}")
+        if "url" in left_out and f.moved:
+            _note(f"{f.name}: moved to {f.url} (from {f.configured_url})")
+
+
+SUBSCRIBER_COLUMNS = (
+    _Column("subscriber"),
+    _Column("topics", drop=1, fold=True),
+    _Column("schedule", drop=2),
+    _Column("last digest", drop=3),
+    _Column("pending entries"),
+    _Column("next digest"),
+)
+
+
+def _print_subscribers(
+    subscribers: Sequence[run.SubscriberStatus], next_at: dict[str, datetime | None]
+) -> None:
+    rows = [
+        (
+            s.email,
+            ", ".join(s.topics),
+            s.schedule,
+            when(s.last_digest_at, s.zone),
+            str(s.pending_entries),
+            when(next_at.get(s.email), s.zone),
+        )
+        for s in subscribers
+    ]
+    table, _ = _fitted("Subscribers", SUBSCRIBER_COLUMNS, rows)
+    out.print(table, markup=False)
+
+
+def _print_scheduler(scheduler: SchedulerStatus) -> None:
+    if scheduler.running:
+        line = f"Scheduler: running ({scheduler.holder}, since {when(scheduler.since)})"
+    else:
+        last = f"; last held by {scheduler.holder} until {when(scheduler.until)}" if scheduler.holder else ""
+        line = f"Scheduler: not running{last} (the next digest times are when digest run would send)"
+    out.print(Text(line), soft_wrap=False)

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING
 
 import click
-
-if TYPE_CHECKING:
-    pass
 
 from .base import Context, handle_errors, main
 
 
-@main.command(name="run")
+@main.command(name="run", short_help="Run the scheduler: fetch and send on each subscriber's schedule.")
 @click.pass_obj
 @handle_errors
 def run_command(ctx: Context) -> None:
     """Run the scheduler in the foreground: fetch feeds and send digests on schedule.
 
-    Stop it with Ctrl-C or SIGTERM; SIGHUP reloads the config.
+    Stop it with Ctrl-C or SIGTERM; SIGHUP reloads the config. One runs per state database
+    (it holds a lease there): `digest status` says whether one is running, and where.
 
     Example: digest --config config/digest.toml run
     """

@@ -21,11 +21,13 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from .. import run
+    from ..models import Digest
 
 from .base import LIST_LIMIT, Context, err, fail, handle_errors, main, out, when
+from .words import plural
 
 
-@main.command()
+@main.command(short_help="Fetch, then build and deliver each subscriber's new digest now.")
 @click.option(
     "--subscriber",
     "-s",
@@ -94,7 +96,7 @@ def send(
 def _print_report(settings: Settings, report: run.SendReport) -> None:
     """What a send did: feeds, every problem by name, the waiting digests, a summary line."""
     if report.requeued:
-        out.print(f"put {report.requeued} failed digest(s) back in the outbox", markup=False)
+        out.print(f"put {plural(report.requeued, 'failed digest')} back in the outbox", markup=False)
     for feed in report.feeds:
         out.print(f"feed {feed.feed}: {feed.describe()}", markup=False)
     # Every problem is named; successes are listed one by one only when there are few.
@@ -102,10 +104,10 @@ def _print_report(settings: Settings, report: run.SendReport) -> None:
     for outcome in report.outcomes:
         if outcome.status == "sent" and not few:
             continue
+        entries = plural(outcome.entries, "entry", "entries")
         line = {
-            "planned": f"would send {outcome.subscriber}: {outcome.entries} entries, "
-            f"subject {outcome.subject!r}",
-            "sent": f"sent {outcome.subscriber}: {outcome.entries} entries"
+            "planned": f"would send {outcome.subscriber}: {entries}, subject {outcome.subject!r}",
+            "sent": f"sent {outcome.subscriber}: {entries}"
             + (f" (after {outcome.tries} attempts)" if outcome.tries > 1 else ""),
             "pending": f"pending {outcome.subscriber}: {outcome.detail} (will retry)",
             "failed": f"failed {outcome.subscriber}: {outcome.detail}",
@@ -140,7 +142,7 @@ def _print_report(settings: Settings, report: run.SendReport) -> None:
             markup=False,
         )
     summary = (
-        f"{report.count('planned')} digest(s) would be sent (dry run: nothing sent or recorded)"
+        f"{plural(report.count('planned'), 'digest')} would be sent (dry run: nothing sent or recorded)"
         if report.dry_run
         else f"{report.count('sent')} sent, {report.count('pending')} pending, "
         f"{report.count('failed')} failed, {report.retried} retried"
@@ -149,7 +151,9 @@ def _print_report(settings: Settings, report: run.SendReport) -> None:
         summary += f", {len(report.waiting)} waiting in the outbox"
     failed_feeds = sum(1 for f in report.feeds if f.result == "error")
     resting = sum(1 for f in report.feeds if f.result == "skipped")
-    feeds = f"{failed_feeds} feed error(s)" + (f", {resting} feed(s) resting after errors" if resting else "")
+    feeds = plural(failed_feeds, "feed error") + (
+        f", {plural(resting, 'feed')} resting after errors" if resting else ""
+    )
     out.print(f"{summary}; {len(report.nothing_new)} with nothing new; {feeds}.", markup=False)
     if settings.smtp is None and report.count("sent"):
         out.print(f"Emails are in the Maildir {settings.outbox.maildir}/new", markup=False)
@@ -206,7 +210,7 @@ class _ProgressBar:
             self.bar.stop()
 
 
-@main.command()
+@main.command(short_help="Render a subscriber's next digest to HTML; send and record nothing.")
 @click.option("--subscriber", "-s", "email", required=True, metavar="EMAIL", help="Whose digest to preview.")
 @click.option(
     "--output",
@@ -256,7 +260,7 @@ def preview(
     if text_output:
         text_output.write_text(rendered.text, encoding="utf-8")
     out.print(f"Subject: {rendered.subject}", markup=False)
-    out.print(f"{digest.entry_count} entries ({digest.more_count} more not shown)", markup=False)
+    out.print(_preview_count(settings, digest), markup=False)
     out.print(str(output.resolve()), markup=False)
     if open_browser:
         import webbrowser
@@ -264,3 +268,12 @@ def preview(
         url = output.resolve().as_uri()
         if not webbrowser.open(url):  # $BROWSER, else the desktop's default browser
             err.print(f"could not start a web browser: open {url} yourself", markup=False)
+
+
+def _preview_count(settings: Settings, digest: Digest) -> str:
+    """What the preview holds: its entries, those only counted ("and N more"), or nothing new."""
+    if not digest.entry_count and not digest.more_count:
+        email = "send_empty: the email says so" if settings.digest.send_empty else "no email would be sent"
+        return f"0 entries: nothing new for {digest.subscriber} ({email})"
+    shown = plural(digest.entry_count, "entry", "entries")
+    return shown + (f", and {digest.more_count} more counted but not shown" if digest.more_count else "")

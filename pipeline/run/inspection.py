@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
-from ..config import Settings, key_line
-from ..errors import DigestError, MatchError, RenderError
+from sqlalchemy import select
+
+from ..config import ConfigParts, Settings, load_settings
+from ..errors import ConfigError, DigestError, MatchError, RenderError
 from ..match import Explanation, compile_topics, explain, index_entries, index_entry, match_topics
 from ..models import Digest, Entry, Match, RenderedDigest
 from ..parse import arxiv_id, canonical_link
 from ..store import FAILED, PENDING, SENDING, FeedState, OutboxRow, Store, utcnow
+from ..store.leases import holder_is_dead
+from ..store.schema import leases_table
 from .clock import Clock
 from .fetching import fetch_all
+from .scheduled import LEASE_NAME
 from .sending import plan_digests, select_subscribers
 
 if TYPE_CHECKING:
@@ -116,6 +124,17 @@ class SubscriberStatus:
     schedule: str
     last_digest_at: datetime | None  # the last digest delivered (the server accepted it)
     pending_entries: int  # new matching entries the next digest would count
+    zone: ZoneInfo  # the subscriber's timezone: their schedule is read in it
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStatus:
+    """Whether a ``digest run`` holds the scheduler lease on this state database."""
+
+    running: bool
+    holder: str | None  # host:pid of the holder (of the last one, when not running); None: never
+    since: datetime | None  # when that holder took the lease
+    until: datetime | None  # when the lease runs out unless it is renewed
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +143,15 @@ class StatusReport:
     subscribers: list[SubscriberStatus]
     deliveries: dict[str, int]  # outbox rows per state
     unfinished: list[OutboxRow]  # pending, sending and failed rows
+    scheduler: SchedulerStatus
 
 
 def status(settings: Settings, store: Store, *, clock: Clock = utcnow) -> StatusReport:
-    """Feeds, subscribers and the outbox as the store sees them now."""
+    """Feeds, subscribers, the outbox and the scheduler as the store sees them now."""
+    now = clock()
     store.sync_feeds({f.name: f.url for f in settings.feeds})
     feeds = store.feed_states()
-    planned = {d.subscriber: d for d in plan_digests(settings, store, settings.subscribers, clock())}
+    planned = {d.subscriber: d for d in plan_digests(settings, store, settings.subscribers, now)}
     delivered = store.last_delivered()
     subscribers = []
     for sub in settings.subscribers:
@@ -142,6 +163,7 @@ def status(settings: Settings, store: Store, *, clock: Clock = utcnow) -> Status
                 schedule=str(sub.schedule),
                 last_digest_at=delivered.get(sub.email),
                 pending_entries=digest.entry_count + digest.more_count if digest else 0,
+                zone=settings.zone_of(sub),
             )
         )
     return StatusReport(
@@ -149,40 +171,83 @@ def status(settings: Settings, store: Store, *, clock: Clock = utcnow) -> Status
         subscribers=subscribers,
         deliveries=store.delivery_counts(),
         unfinished=store.deliveries([PENDING, SENDING, FAILED]),
+        scheduler=_scheduler(store, now),
     )
 
 
-def check(settings: Settings) -> list[str]:
-    """Problems the schema cannot see: topic syntax, templates, feed files, SMTP password."""
+def _scheduler(store: Store, now: datetime) -> SchedulerStatus:
+    """The scheduler lease as ``digest run`` takes and renews it (see :mod:`.scheduled`).
+
+    It is held while it has not run out and its holder is not a process of this machine that
+    has died: the same test a second ``digest run`` makes before it refuses to start.
+    """
+    with store._tx() as conn:  # one read: the store's Leases only take, renew and release
+        row = conn.execute(select(leases_table).where(leases_table.c.name == LEASE_NAME)).first()
+    if row is None:
+        return SchedulerStatus(running=False, holder=None, since=None, until=None)
+    host, _, rest = row.holder.partition(":")
+    holder = f"{host}:{rest.partition(':')[0]}" if rest else host  # host:pid, without its scope
+    running = row.expires_at > now and not holder_is_dead(row.holder)
+    return SchedulerStatus(running=running, holder=holder, since=row.acquired_at, until=row.expires_at)
+
+
+def check(config: Settings | str | os.PathLike[str] | None) -> list[str]:
+    """Every problem of a config at once, each with the file and line where it is written.
+
+    Beyond the schema: topic syntax, templates, local feed files, the SMTP password. Given a
+    path (None: the default config), the file is loaded first; when it does not validate,
+    the checks that need no valid whole still run on the parts that do (each topic's
+    keywords and query, each local feed path, the templates folder, ``[smtp]``), so that one
+    mistake does not hide the others. A file that is missing or not TOML is that one problem.
+    """
     problems: list[str] = []
-    try:
-        compile_topics(settings.topics)
-    except MatchError as exc:
+    settings: Settings | None = None
+    parts: ConfigParts | None
+    if isinstance(config, Settings):
+        settings = config
+        parts = ConfigParts.of(settings)
+    else:
         try:
-            text = settings.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            text = ""
-        for problem in exc.problems:
-            line = key_line(text, problem.key) if text and problem.key else None
-            problems.append(f"{settings.path}:{line}: {problem}" if line else f"{settings.path}: {problem}")
+            settings = load_settings(config)
+            parts = ConfigParts.of(settings)
+        except ConfigError as exc:
+            problems = list(exc.problems)
+            parts = ConfigParts.salvage(config)
+    if parts is None:
+        return problems
+
+    def problem(key: tuple[str | int, ...], message: str) -> None:
+        line = parts.line(key)
+        problems.append(f"{parts.path}:{line}: {message}" if line else f"{parts.path}: {message}")
+
     try:
-        _renderer(settings)
-    except RenderError as exc:
-        problems.append(str(exc))
-    if settings.digest.templates and not Path(settings.digest.templates).is_dir():
-        problems.append(
-            f"{settings.path}: digest.templates: folder {settings.digest.templates} does not exist"
-        )
-    for feed in settings.feeds:
-        if feed.is_local and not Path(feed.url).is_file():
-            problems.append(f"{settings.path}: feeds {feed.name}: file {feed.url} does not exist")
-    smtp = settings.smtp
+        compile_topics(parts.topics)
+    except MatchError as exc:
+        for found in exc.problems:
+            problem(found.key, str(found))
+    if settings is not None:
+        try:
+            _renderer(settings)
+        except RenderError as exc:
+            problems.append(str(exc))
+    if parts.templates and not Path(parts.templates).is_dir():
+        problem(("digest", "templates"), f"digest.templates: folder {parts.templates} does not exist")
+    for i, path in parts.local_feeds:
+        if not Path(path).is_file():
+            problem(("feeds", i, "url"), f"feeds[{i + 1}].url: file {path} does not exist")
+    smtp = parts.smtp
     if smtp and smtp.username and smtp.password() is None:
-        problems.append(
-            f"{settings.path}: smtp.password_env: environment variable "
-            f"{smtp.password_env or '(not set)'} is empty or missing"
+        problem(
+            ("smtp", "password_env"),
+            f"smtp.password_env: environment variable {smtp.password_env or '(not set)'} is empty or missing",
         )
-    return problems
+    # One list in the order of the file (problems without a line first, as the loader does).
+    return sorted(problems, key=lambda p: _line_of(p, parts.path))
+
+
+def _line_of(problem: str, path: Path) -> int:
+    found = re.match(re.escape(f"{path}:") + r"(\d+):", problem)
+    return int(found[1]) if found else 0
 
 
 def _renderer(settings: Settings) -> Renderer:

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from ..config import Settings
 from ..deliver import Attempted, ConnectionPool, transport_factory
-from ..errors import DeliveryError, RenderError
+from ..errors import DeliveryError, RenderError, StoreError
 from ..models import Digest, Entry
 from ..speed import Speedups
 from ..store import OutboxRow, Store, owner_id, utcnow
@@ -105,21 +105,31 @@ class OutboxRun:
                 exhausted = abandoned = True
                 if self.connections is not None:
                     self.connections.abandon(INTERRUPTED)
-            if self.recorder is not None and self.recorder.failed and not abandoned:
-                # What is sent from now on could not be recorded: sending stops at once.
-                self.report.store_error = str(self.recorder.failed)
+            if self.recorder is not None and self.recorder.failed and not self.report.store_error:
+                self._unwritable(self.recorder.failed)
+            if self.report.store_error and not abandoned:
                 exhausted = abandoned = True
-                assert self.connections is not None
-                self.connections.abandon(UNRECORDABLE)
             room = len(self.held) < self.WINDOW and not (self.connections and self.connections.unreachable)
-            if not exhausted and room:
-                exhausted = not self._claim_batch()
-                continue
-            if not self.held:
-                return
-            assert self.connections is not None
-            self._record(self.connections.results(timeout=1.0))
-            self._renew_leases()
+            try:
+                if not exhausted and room:
+                    exhausted = not self._claim_batch()
+                    continue
+                if not self.held:
+                    return
+                assert self.connections is not None
+                self._record(self.connections.results(timeout=1.0))
+                self._renew_leases()
+            except StoreError as exc:
+                self._unwritable(exc)
+
+    def _unwritable(self, exc: StoreError) -> None:
+        """The state database cannot be written (a full disk): what is sent from now on could
+        not be recorded, so sending stops at once; claimed rows stay claimed by this process
+        and are taken over by the next sender once it is gone."""
+        log.error("outbox error=%r (stopping)", str(exc))
+        self.report.store_error = str(exc)
+        if self.connections is not None:
+            self.connections.abandon(UNRECORDABLE)
 
     def _claim_batch(self) -> bool:
         with self.report.timed("  claim"):
@@ -173,7 +183,12 @@ class OutboxRun:
                 log.info("digest to=%s entries=%d sent", row.subscriber, entries)
                 self._report(Outcome(row.subscriber, entries, "sent", tries=attempt.tries))
             else:
-                self._report(self._failure(row, attempt.error, entries, attempt.tries))
+                try:
+                    outcome = self._failure(row, attempt.error, entries, attempt.tries)
+                except StoreError as exc:
+                    self._unwritable(exc)
+                    outcome = Outcome(row.subscriber, entries, "pending", UNRECORDABLE, tries=attempt.tries)
+                self._report(outcome)
 
     def _failure(self, row: OutboxRow, exc: DeliveryError, entries: int, tries: int) -> Outcome:
         now = self.clock()
@@ -227,6 +242,8 @@ class OutboxRun:
 
     def _renew_leases(self) -> None:
         # Rows waiting for in-run retries must not look abandoned to another process.
+        if self.report.store_error:
+            return
         if self.held and time.monotonic() - self.lease_renewed > LEASE.total_seconds() / 3:
             self.store.renew(list(self.held), self.clock() + LEASE, self.owner)
             self.lease_renewed = time.monotonic()

@@ -40,7 +40,7 @@ def test_fetch_prints_a_line_per_feed(
     feeds = http_feeds(feed_server) | {"blog": feed_server.url("status/404")}
     config = write_config(feeds=feeds)
     first = cli("--config", config, "fetch")
-    assert first.exit_code == 0
+    assert first.exit_code == 1  # a feed failed
     assert re.search(r"arxiv-cs\s+13 new", first.output)
     assert re.search(r"hf-papers\s+\d+ new", first.output)
     assert re.search(r"lab-blog\s+error: HTTP 404 Not Found", first.output)

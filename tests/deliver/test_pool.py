@@ -43,7 +43,7 @@ def test_a_transient_fault_is_retried_within_the_run(
     result = cli("--config", config, "send")
     assert result.exit_code == 0, result.output
     assert "3 sent, 0 pending, 0 failed, 1 retried" in result.output
-    assert "sent user1@example.org: 1 entries (after 2 attempts)" in result.output
+    assert "sent user1@example.org: 1 entry (after 2 attempts)" in result.output
     assert sorted(rcpt for _, (rcpt,) in handler.envelopes) == [f"user{i}@example.org" for i in range(3)]
     assert set(delivery_states(tmp_path).values()) == {"sent"}
 

@@ -33,7 +33,7 @@ def test_a_page_that_is_not_a_feed_fails_alone_and_a_truncated_feed_is_used(
         }
     )
     result = cli("--config", config, "fetch")
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # home failed (alone)
     assert re.search(r"home\s+error: not a feed: no RSS, RDF or Atom document found", result.output)
     assert re.search(r"cut\s+3 new \(warning: feed is malformed but has 3 usable entries", result.output)
     assert re.search(r"papers-arxiv\s+3 new\s+\d+\.\d\ds", result.output), result.output

@@ -91,7 +91,7 @@ def test_retry_failed_puts_failed_digests_back_with_their_message_id(
     assert handler.to("user1@example.org") == []
     result = cli("--config", config, "send", "--retry-failed", "--subscriber", "user1@example.org")
     assert result.exit_code == 0, result.output
-    assert "put 1 failed digest(s) back in the outbox" in result.output
+    assert "put 1 failed digest back in the outbox" in result.output
     (message,) = handler.to("user1@example.org")
     assert message["Message-ID"] == failed["message_id"]
     assert [len(handler.to(f"user{i}@example.org")) for i in range(3)] == [1, 1, 1]
@@ -151,7 +151,7 @@ def test_a_full_disk_stops_the_sending_and_the_next_send_repeats_at_most_a_few(
         took = time.monotonic() - started
         print(f"\ndisk full: {len(handler.messages)} sent before the stop, in {took:.2f}s")
         assert first.returncode == 1, (out, err)
-        assert b"cannot record sent digests" in out, out
+        assert b"cannot record sent digests" in out, (out, err)
         assert len(handler.messages) <= 20 + MAX_UNRECORDED + 2  # stopped at once, not 100 later
         (small_disk / "filler").unlink()
         # The next send (another process: this one's claims are its own until their lease ends)

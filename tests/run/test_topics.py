@@ -236,9 +236,9 @@ def test_match_explain_says_why_each_topic_did_or_did_not_match(
     assert grasp.exit_code == 0, grasp.output
     out = grasp.output
     assert out.startswith("Learning to Grasp from 3D Point Clouds\n")
-    assert "rl: MATCH: matches, score 1: reinforcement learning" in out
+    assert "rl: match, score 1 (reinforcement learning)" in out
     assert "reinforcement learning (found in summary); RL (not found)" in out
-    assert "scenes: MATCH: matches, score 3: title:3D" in out
+    assert "scenes: match, score 3 (title:3D)" in out
     assert "safety: no match: the query is false" in out
     assert "graphs: no match: no keyword found; the query is false" in out
     assert "people: no match: the query is false" in out
