@@ -11,16 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
-
 from ..config import ConfigParts, Settings, load_settings
 from ..errors import ConfigError, DigestError, MatchError, RenderError
 from ..match import Explanation, compile_topics, explain, index_entries, index_entry, match_topics
 from ..models import Digest, Entry, Match, RenderedDigest
 from ..parse import arxiv_id, canonical_link
 from ..store import FAILED, PENDING, SENDING, FeedState, OutboxRow, Store, utcnow
-from ..store.leases import holder_is_dead
-from ..store.schema import leases_table
 from .clock import Clock
 from .fetching import fetch_all
 from .scheduled import LEASE_NAME
@@ -181,14 +177,13 @@ def _scheduler(store: Store, now: datetime) -> SchedulerStatus:
     It is held while it has not run out and its holder is not a process of this machine that
     has died: the same test a second ``digest run`` makes before it refuses to start.
     """
-    with store._tx() as conn:  # one read: the store's Leases only take, renew and release
-        row = conn.execute(select(leases_table).where(leases_table.c.name == LEASE_NAME)).first()
-    if row is None:
+    lease = store.lease(LEASE_NAME)
+    if lease is None:
         return SchedulerStatus(running=False, holder=None, since=None, until=None)
-    host, _, rest = row.holder.partition(":")
+    host, _, rest = lease.holder.partition(":")
     holder = f"{host}:{rest.partition(':')[0]}" if rest else host  # host:pid, without its scope
-    running = row.expires_at > now and not holder_is_dead(row.holder)
-    return SchedulerStatus(running=running, holder=holder, since=row.acquired_at, until=row.expires_at)
+    running = lease.expires_at > now and lease.holder_alive
+    return SchedulerStatus(running=running, holder=holder, since=lease.acquired_at, until=lease.expires_at)
 
 
 def check(config: Settings | str | os.PathLike[str] | None) -> list[str]:

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import StoreError
 from .entries import Entries
 from .feeds import Feeds
-from .leases import Leases, owner_id
+from .leases import Leases, LeaseState, owner_id
 from .migrate import _upgrade
 from .outbox import Outbox, SentMarker
 from .records import FeedState, OutboxRow, QueuedDigest, SubscriberState
@@ -70,6 +70,7 @@ __all__ = [
     "SENDING",
     "SENT",
     "FeedState",
+    "LeaseState",
     "OutboxRow",
     "QueuedDigest",
     "SentMarker",

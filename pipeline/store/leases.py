@@ -14,6 +14,7 @@ import functools
 import os
 import secrets
 import socket
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -63,6 +64,17 @@ def holder_is_dead(claimed_by: str | None) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A lease as stored: its holder, when it was taken, until when it runs, and whether its
+    holder may still be alive (not a process of this machine known to be gone)."""
+
+    holder: str
+    acquired_at: datetime
+    expires_at: datetime
+    holder_alive: bool
+
+
 class Leases(Transactions):
     """Named leases, one holder at a time (the scheduler holds one while it runs)."""
 
@@ -88,6 +100,15 @@ class Leases(Transactions):
             else:
                 conn.execute(update(leases_table).where(leases_table.c.name == name).values(**values))
             return None
+
+    def lease(self, name: str) -> LeaseState | None:
+        """Who holds the named lease, since when and until when (None: nobody ever took it)."""
+        with self._tx() as conn:
+            row = conn.execute(select(leases_table).where(leases_table.c.name == name)).first()
+        if row is None:
+            return None
+        alive = not holder_is_dead(row.holder)
+        return LeaseState(row.holder, row.acquired_at, row.expires_at, alive)
 
     def renew_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> bool:
         """Extend a lease we hold; False when another process has taken it."""
