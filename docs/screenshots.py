@@ -178,8 +178,8 @@ class Chromium:
         out.write_bytes(base64.b64decode(shot["data"]))
 
 
-def sample_html(folder: Path) -> Path:
-    """Alan's digest from the example configuration, rendered to ``folder/digest.html``."""
+def sample_html(folder: Path, subscriber: str = "alan@example.org") -> Path:
+    """A subscriber's digest (Alan's by default) from the example config, in ``folder/digest.html``."""
     sys.path.insert(0, str(ROOT))
     from pipeline import run
     from pipeline.config import parse_settings
@@ -193,9 +193,9 @@ def sample_html(folder: Path) -> Path:
     with Store(settings.digest.database_url) as store:
         for feed in settings.feeds:
             run.fetch_all(settings, store, feeds=[feed.name], clock=lambda: now)
-        alan = settings.subscriber("alan@example.org")
-        assert alan is not None
-        (digest,) = run.plan_digests(settings, store, [alan], now)
+        wanted = settings.subscriber(subscriber)
+        assert wanted is not None
+        (digest,) = run.plan_digests(settings, store, [wanted], now)
     path = folder / "digest.html"
     path.write_text(Renderer(settings).render(digest).html, encoding="utf-8")
     return path

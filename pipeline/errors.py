@@ -51,14 +51,22 @@ class MatchError(DigestError):
     """A topic's keywords or query are invalid.
 
     ``key`` is the config key path of the problem (``("topics", "rl", "query")``), so that
-    ``check`` can name its line; an error that gathers several problems lists them in ``problems``.
+    ``check`` can name its line; ``position`` the 1-based character of the query where it is
+    (None: the whole query, or not a query); an error that gathers several problems lists them
+    in ``problems``.
     """
 
     def __init__(
-        self, message: str, key: tuple[str | int, ...] = (), *, problems: Sequence[MatchError] = ()
+        self,
+        message: str,
+        key: tuple[str | int, ...] = (),
+        *,
+        position: int | None = None,
+        problems: Sequence[MatchError] = (),
     ) -> None:
         super().__init__(message)
         self.key = key
+        self.position = position
         self.problems: tuple[MatchError, ...] = tuple(problems) or (self,)
 
 

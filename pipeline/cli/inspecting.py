@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..run.inspection import SchedulerStatus
     from ..store import FeedState
 
-from .base import Context, fail, handle_errors, main, out, when
+from .base import Context, config_problems, fail, handle_errors, main, out, when
 from .words import plural
 
 
@@ -39,12 +39,13 @@ def check(ctx: Context) -> None:
 
     problems = run.check(config_path(ctx.config))
     if problems:
-        fail("\n".join(problems) + f"\n{len(problems)} problem(s) in the config.", 2)
+        fail(config_problems(problems), 2)
     settings = ctx.settings()
     delivery = f"SMTP {settings.smtp.host}" if settings.smtp else f"Maildir {settings.outbox.maildir}"
     out.print(
-        f"{settings.path}: OK ({len(settings.feeds)} feeds, {len(settings.topics)} topics, "
-        f"{len(settings.subscribers)} subscribers, delivery: {delivery})",
+        f"{settings.path}: OK ({plural(len(settings.feeds), 'feed')}, "
+        f"{plural(len(settings.topics), 'topic')}, {plural(len(settings.subscribers), 'subscriber')}, "
+        f"delivery: {delivery})",
         markup=False,
     )
 
@@ -80,7 +81,7 @@ def fetch(ctx: Context, feeds: tuple[str, ...]) -> None:
     _print_feeds(reports)
     failed = [r.feed for r in reports if r.result == "error"]
     if failed:
-        fail(f"error: {len(failed)} of {len(reports)} feed(s) failed: {', '.join(failed)}", 1)
+        fail(f"error: {len(failed)} of {plural(len(reports), 'feed')} failed: {', '.join(failed)}", 1)
 
 
 def _print_feeds(reports: list[run.FeedReport]) -> None:

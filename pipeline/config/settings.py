@@ -69,7 +69,9 @@ class DigestSection(_Section):
     send_empty: StrictBool = False  # strict: "yes" or 1 is a mistake, not true
     timezone: TimeZone = ZoneInfo("UTC")
     templates: str | None = None
-    summary_words: int = Field(120, ge=5, le=2000)
+    summary: Literal["sentences", "words"] = "sentences"  # shown: the first sentences, or words up to the cap
+    summary_sentences: int = Field(2, ge=1, le=10)
+    summary_words: int = Field(120, ge=5, le=2000)  # a hard cap in both modes
     images: StrictBool = False
     base_url: str | None = Field(None, pattern=r"^https?://\S+$")
     admin: Email | None = None

@@ -73,7 +73,7 @@ def compile_topic(name: str, topic: TopicConfig) -> CompiledTopic:
         try:
             query = parse_query(topic.query, f"topics.{name}.query")
         except MatchError as exc:
-            problems.append(MatchError(str(exc), ("topics", name, "query")))
+            problems.append(MatchError(str(exc), ("topics", name, "query"), position=exc.position))
         else:
             for term, negated in query_terms(query):
                 index = add(term)

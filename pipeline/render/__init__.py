@@ -11,9 +11,10 @@ subscriber (see ``inline`` for why the result equals inlining the whole email):
 
 - ``digest.html.j2`` / ``digest.txt.j2``, the layout, rendered per subscriber; it includes
   ``_topic.*.j2`` once per section, in a ``{% for section in sections %}`` loop.
-- ``_topic.*.j2`` sees ``section`` (``topic``, ``title``, ``count``, ``more``, ``entries``)
-  and the run-wide ``title``; it includes ``_entry.*.j2`` once per entry of
-  ``section.entries``. It is rendered once per distinct (topic, count, more).
+- ``_topic.*.j2`` sees ``section`` (``topic``, ``title``, ``anchor``, ``count``, ``more``,
+  ``entries``) and the run-wide ``title``; it includes ``_entry.*.j2`` once per entry of
+  ``section.entries``. It is rendered once per distinct (topic, count, more). ``anchor``
+  depends on the topic alone: the section's id, which the layout's contents line links to.
 - ``_entry.*.j2`` sees ``entry``, ``section.topic``, ``section.title`` and ``title``; it is
   rendered once per (entry, topic, hits) in a run.
 

@@ -4,8 +4,8 @@ A catalogue is one document: a layout head, then every topic frame and entry pie
 batch needs and the run has not inlined yet, then the layout tail. Each piece sits where it
 would in a real email (topic frames inside the layout's slot, entries inside a topic frame of
 their kind), so premailer gives it the styles it would get there (``inline`` says why that
-is exact). Pieces are kept by layout context (the layout head's shape id): the same entry
-inside another layout shape is another piece.
+is exact). Pieces are kept by layout context (``inline.slot_context``: the stylesheet and the
+elements around the sections): the same entry inside another context is another piece.
 """
 
 from __future__ import annotations

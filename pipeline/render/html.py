@@ -72,7 +72,7 @@ class HtmlAssembler:
         except NotPiecewise as exc:
             self._warn("layout", f"{exc}: inlining such emails whole, which is slow")
             return EmailPlan(context, None)
-        return EmailPlan(context, layout, layout.head_id)
+        return EmailPlan(context, layout, layout.context_id)
 
     def prepare(self, plans: Iterable[EmailPlan]) -> None:
         """Inline, in one premailer call per layout context, every piece these emails need."""

@@ -22,6 +22,10 @@ Why the result is the same as inlining the whole email at once:
   a piece is inlined once per *shape*, and each subscriber's values are filled in escaped
   exactly as libxml2 escapes them (text: ``& < >``; attributes: serialised by lxml itself).
   Text holding anything but the simple escapes Jinja produces stays literal in the shape.
+- A piece is kept per layout *context* (``slot_context``): the stylesheet and the elements
+  open where the sections go, which is all its inlining depends on by the two points above.
+  Layouts whose heads differ only in what closes before the sections (the header's contents
+  line has one link per section) share their pieces.
 
 The test suite compares both ways on sample and hostile digests, byte for byte.
 """
@@ -254,6 +258,34 @@ def shape_of(fragment: str) -> tuple[Shape, tuple[str, ...]]:
         for i, (lit, kind) in enumerate(zip(literals, holes, strict=False))
     )
     return Shape(source + literals[-1], tuple(holes), tuple(literals)), tuple(values)
+
+
+_SLOT_MARK = "digest-slot"
+
+
+def slot_context(head: str) -> str:
+    """What decides how the pieces written right after ``head`` are inlined, as a key.
+
+    That is the stylesheets (``<style>`` elements, whole) and the elements open where
+    ``head`` ends, with their attributes, as libxml2 parses them (a comment written there
+    shows where that is). premailer's matches depend on an element and its ancestors only,
+    and libxml2 parses what follows by the elements open, so two heads with the same key
+    inline every piece alike, however they differ elsewhere (their own text, a line of links
+    that depends on the number of sections). When the place cannot be found, the key is the
+    head itself: such heads share nothing.
+    """
+    try:
+        root = etree.fromstring(f"{head.strip()}<!--{_SLOT_MARK}-->", etree.HTMLParser())
+    except (etree.LxmlError, ValueError):
+        return head
+    slot = None
+    if root is not None:
+        slot = next((c for c in root.iter(etree.Comment) if c.text == _SLOT_MARK), None)
+    chain = [] if slot is None else [(el.tag, sorted(el.attrib.items())) for el in slot.iterancestors()]
+    if not chain:
+        return head
+    sheets = [m.group(1) + m.group(2) for m in _STYLE_BLOCK.finditer(head)]
+    return repr((sheets, chain))
 
 
 def _after_pre(out: list[str]) -> bool:

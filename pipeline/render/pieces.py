@@ -8,8 +8,10 @@ one inlined piece serves every email of that shape; an entry's piece is its part
 
 Every subscriber's layout is rendered (their name, date and counts differ), but most share a
 shape: the last few layout shapes are tried first (``inline.match_shape``, which compares
-instead of parsing). Shapes get small ids; the layout head's id stands for the ancestor
-context a piece is inlined in, and is part of every inlined piece's key.
+instead of parsing). Shapes get small ids. A layout head also gets the id of its *context*
+(``inline.slot_context``: its stylesheet and the elements open where the sections go), which
+is part of every inlined piece's key: layouts that differ only before the sections (a contents
+line with one link per section) share their pieces.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .inline import Shape, match_shape, shape_of
+from .inline import Shape, match_shape, shape_of, slot_context
 from .templates import (
     ENTRY_HTML,
     LAYOUT_HTML,
@@ -44,6 +46,7 @@ class HtmlFrame:
     slots: list[int]
     head_id: int = 0
     tail_id: int = 0
+    context_id: int = 0  # a layout's: the context its pieces are inlined in (``inline.slot_context``)
 
 
 @dataclass(slots=True)
@@ -52,7 +55,7 @@ class EmailPlan:
 
     context: dict[str, Any]  # what the layout, subject and preheader templates see
     layout: HtmlFrame | None  # None: this digest is inlined whole
-    layout_id: int = 0  # the layout head's id: the context of every piece in this email
+    layout_id: int = 0  # the layout head's context id: the context of every piece in this email
 
 
 class HtmlPieces:
@@ -64,6 +67,8 @@ class HtmlPieces:
         self._entry = templates.whole[ENTRY_HTML]
         self._title = title
         self._ids: dict[str, int] = {}  # shape source -> small id, for cheap cache keys
+        self._contexts: dict[int, int] = {}  # layout head id -> its context's id
+        self._context_ids: dict[str, int] = {}  # slot context -> small id
         self._hints: list[tuple[Shape, Shape | None]] = []  # recent layout shapes, tried first
         self._topics: dict[tuple[Any, ...], HtmlFrame] = {}  # by topic_key
         self._entries: dict[int, str] = {}  # by entry_key
@@ -81,11 +86,29 @@ class HtmlPieces:
                 continue
             tail_values = match_shape(tail_text, tail) if tail is not None and tail_text is not None else ()
             if tail_values is not None:
-                return self._frame(head, head_values, tail, tail_values, gaps, frame.slots)
+                return self._layout_frame(head, head_values, tail, tail_values, gaps, frame.slots)
         head, head_values = shape_of(head_text)
         tail, tail_values = shape_of(tail_text) if tail_text is not None else (None, ())
         self._hints = [(head, tail), *self._hints[: LAYOUT_HINTS - 1]]
-        return self._frame(head, head_values, tail, tail_values, gaps, frame.slots)
+        return self._layout_frame(head, head_values, tail, tail_values, gaps, frame.slots)
+
+    def _layout_frame(
+        self,
+        head: Shape,
+        head_values: tuple[str, ...],
+        tail: Shape | None,
+        tail_values: tuple[str, ...],
+        gaps: list[str],
+        slots: list[int],
+    ) -> HtmlFrame:
+        frame = self._frame(head, head_values, tail, tail_values, gaps, slots)
+        context = self._contexts.get(frame.head_id)
+        if context is None:  # parsed once per layout shape
+            key = slot_context(head.source)
+            context = self._context_ids.setdefault(key, len(self._context_ids) + 1)
+            self._contexts[frame.head_id] = context
+        frame.context_id = context
+        return frame
 
     def topic_frame(self, section: SectionView) -> HtmlFrame:
         """A section's topic frame; NotPiecewise if there is markup between its entries."""

@@ -174,11 +174,13 @@ class Renderer:
         key = (match.entry.id, match.topic, section_title, match.hits)
         view = self._views.get(key)
         if view is None:
+            digest = self.settings.digest
             view = self._views[key] = entry_view(
                 match.entry,
                 match.hits,
-                summary_words=self.settings.digest.summary_words,
-                images=self.settings.digest.images,
+                summary_words=digest.summary_words,
+                images=digest.images,
+                sentences=digest.summary_sentences if digest.summary == "sentences" else None,
             )
         return view
 

@@ -1,5 +1,12 @@
 """Feed HTML made fit for an email: sanitised, shortened, highlighted, and as plain text.
 
+A summary is shortened to its first sentences (``first_sentences``), then capped at a number
+of words (``shorten_html``). Sentences end at ``.``, ``!`` or ``?`` (and closing quotes or
+brackets) followed by a space and a word that does not start in lower case, or at the end of
+a block (a paragraph, a list item); a full stop after an abbreviation (``e.g.``, ``et al.``,
+``Fig.``, ``vs.``: ``ABBREVIATIONS``), after a dotted one (``U.S.``) or after an initial
+(``J. Smith``) ends nothing, nor does one inside a number (``0.4``), which no space follows.
+
 Everything here works on untrusted input. ``sanitize_html`` reduces a summary to a small
 allowlist with nh3 (no scripts, forms, frames, styles, event handlers or ``javascript:``
 links; images only when asked, https only, at most ``MAX_IMAGES`` and at most
@@ -19,7 +26,7 @@ from dataclasses import dataclass
 import nh3
 from markupsafe import Markup, escape
 
-from ..match import hit_spans
+from ..match import Term, hit_spans, hit_term
 from ..text import clean_text
 
 ALLOWED_TAGS = frozenset(
@@ -43,6 +50,19 @@ _TOKEN = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9]*)((?:\s+[^\s"'>/=]+(?:\s*=\s*"
 _ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*"([^"]*)")?""")
 _WORD = re.compile(r"\S+")
 _SPACE = re.compile(r"\s+")
+
+# Words after which a full stop does not end a sentence (compared in lower case, without the
+# stop): references to figures and equations, Latin abbreviations, titles of people.
+ABBREVIATIONS = frozenset(
+    {"al", "approx", "appx", "ca", "cf", "ch", "chap", "cor", "dr", "eq", "eqs", "esp", "fig", "figs",
+     "incl", "jr", "lem", "mr", "mrs", "pp", "prof", "prop", "ref", "refs", "resp", "sec", "secs", "sect",
+     "sr", "st", "tab", "thm", "viz", "vol", "vs"}
+)  # fmt: skip
+# A stop, then closing quotes or brackets, then a space or the end of the text.
+_SENTENCE_END = re.compile(r"""[.!?\u2026]+["'\u201d\u2019)\]]*(?=\s|$)""")
+_LAST_WORD = re.compile(r"""[^\s(\["'\u201c\u2018]*$""")
+_NEXT_CHARACTER = re.compile(r"\s*(\S)")
+_DOTTED = re.compile(r"(?:[^\W\d_]\.)+[^\W\d_]")  # e.g, i.e, U.S (their last stop is the candidate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +213,96 @@ def shorten_html(fragment: str, limit: int) -> tuple[str, bool]:
     return "".join(out), True
 
 
-def highlight_text(text: str, hits: Iterable[str], *, field: str = "title") -> Markup:
-    """Plain text, escaped, with the words that made the entry match wrapped in ``<mark>``.
+def sentence_ends(text: str, blocks: Iterable[int] = ()) -> list[int]:
+    """Where the sentences of a plain text end (offsets just past each), in order.
 
-    ``field`` is what the text is (``match.hit_spans``): a hit that searches only summaries
-    is not marked in a title.
+    ``blocks`` are offsets where a block of the source starts or ends (a paragraph, a list
+    item): a sentence ends there too. An offset ends a sentence only if text precedes it since the last.
+    """
+    found = set(blocks)
+    for m in _SENTENCE_END.finditer(text):
+        stop = m.group().rstrip("\"'\u201d\u2019)]")
+        after = _NEXT_CHARACTER.match(text, m.end())
+        if after and after.group(1).islower():
+            continue  # "e.g. the", "approx. ten": a new sentence does not start in lower case
+        if stop == ".":
+            # (a bounded look back: no abbreviation is long, and a long text has many stops)
+            word = _LAST_WORD.search(text[max(0, m.start() - 24) : m.start()])
+            before = word.group() if word else ""
+            if (
+                before.lower() in ABBREVIATIONS
+                or _DOTTED.fullmatch(before)
+                or (len(before) == 1 and before.isupper())  # an initial: "J. Smith"
+            ):
+                continue
+        found.add(m.end())
+    ends, last = [], 0
+    for end in sorted(found):
+        if text[last:end].strip():
+            ends.append(end)
+            last = end
+    return ends
+
+
+def _flat(parts: list[Token]) -> tuple[list[str], list[int], str, list[int]]:
+    """The text of sanitised HTML as one string: each token's text and offset, the whole text,
+    and the offsets where blocks end. A block tag or ``<br>`` separates words; inline tags do not."""
+    texts: list[str] = []
+    offsets: list[int] = []
+    blocks: list[int] = []
+    size = 0
+    for token in parts:
+        if isinstance(token, str):
+            text = html.unescape(token)
+        else:
+            text = " " if token.name in _BLOCK or token.name in _VOID else ""
+            if token.name in _BLOCK:
+                blocks.append(size)
+        offsets.append(size)
+        texts.append(text)
+        size += len(text)
+    return texts, offsets, "".join(texts), blocks
+
+
+def first_sentences(fragment: str, count: int) -> tuple[str, bool]:
+    """The fragment's first ``count`` sentences, open elements closed (tags are never cut).
+
+    Returns the fragment and whether anything was cut. The rules are the module docstring's.
+    """
+    parts = list(tokens(fragment))
+    texts, offsets, whole, blocks = _flat(parts)
+    ends = sentence_ends(whole, blocks)
+    if len(ends) <= count or not whole[ends[count - 1] :].strip():
+        return fragment, False
+    cut = ends[count - 1]
+    out: list[str] = []
+    stack: list[str] = []
+    for token, text, offset in zip(parts, texts, offsets, strict=True):
+        if offset >= cut:
+            break
+        if isinstance(token, str):
+            if offset + len(text) > cut:
+                out.append(str(escape(text[: cut - offset])))
+                break
+            out.append(token)
+            continue
+        out.append(token.raw)
+        if token.name in _VOID:
+            continue
+        if not token.end:
+            stack.append(token.name)
+        elif token.name in stack:
+            del stack[len(stack) - 1 - stack[::-1].index(token.name) :]
+    out.extend(f"</{name}>" for name in reversed(stack))
+    return "".join(out), True
+
+
+def highlight_text(text: str, hits: Iterable[str], *, field: str = "title") -> Markup:
+    """Plain text, escaped, with the words that made the entry match in ``<b class="hit">``.
+
+    For titles: bold (the stylesheet underlines it too), never a background, which inside a
+    link would make half the title stop looking like one. ``field`` is what the text is
+    (``match.hit_spans``): a hit that searches only summaries is not marked in a title.
     """
     spans = hit_spans(text, tuple(hits), field=field)
     if not spans:
@@ -205,40 +310,49 @@ def highlight_text(text: str, hits: Iterable[str], *, field: str = "title") -> M
     out, pos = [], 0
     for start, end in spans:
         out.append(str(escape(text[pos:start])))
-        out.append(f"<mark>{escape(text[start:end])}</mark>")
+        out.append(f'<b class="hit">{escape(text[start:end])}</b>')
         pos = end
     out.append(str(escape(text[pos:])))
     return Markup("".join(out))
 
 
-def highlight_html(fragment: str, hits: Iterable[str]) -> str:
-    """Sanitised HTML with hit words marked, inside text only (never in tags or attributes).
+def first_hit_spans(text: str, hits: Iterable[str], *, field: str = "summary") -> list[tuple[int, int]]:
+    """Where each distinct hit first occurs in ``text``: sorted, non-overlapping spans.
 
-    Words are found in the fragment's whole text, so a phrase split by inline markup
-    ("spiking <b>neural networks</b>") is marked piece by piece in each text node. Each
-    distinct hit is marked where it first occurs: enough to see why, without a yellow page.
+    Hits are the same keyword when they search the same fields for words that match
+    (``match.Term.same``: ``bandit`` and ``Bandits``, ``RL`` and ``RLs``): each keyword is
+    marked once, at its first occurrence in any of its forms.
     """
-    hits = tuple(hits)
-    parts = list(tokens(fragment))
-    texts: list[str] = []
-    offsets: list[int] = []
-    size = 0
-    for token in parts:
-        if isinstance(token, str):
-            text = html.unescape(token)
+    terms: list[Term] = []
+    spans: list[tuple[int, int]] = []
+    for hit in hits:
+        term = hit_term(hit)
+        if term is None or any(term.same(seen) for seen in terms):
+            continue
+        terms.append(term)
+        found = hit_spans(text, (hit,), field=field)
+        if found:
+            spans.append(found[0])
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
         else:
-            # a block boundary separates words; inline tags do not
-            text = " " if token.name in _BLOCK or token.name in _VOID else ""
-        offsets.append(size)
-        texts.append(text)
-        size += len(text)
-    whole = "".join(texts)
-    spans, seen = [], set()
-    for start, end in hit_spans(whole, hits, field="summary"):
-        key = " ".join(whole[start:end].casefold().split())
-        if key not in seen:
-            seen.add(key)
-            spans.append((start, end))
+            merged.append((start, end))
+    return merged
+
+
+def highlight_html(fragment: str, hits: Iterable[str]) -> str:
+    """Sanitised HTML with hit words in ``<mark>``, inside text only (never in tags or attributes).
+
+    Each keyword is marked once, where it first occurs in any of its forms (singular or
+    plural, any case: ``first_hit_spans``): enough to see why, without a yellow page. Words
+    are found in the fragment's whole text, so a phrase split by inline markup ("spiking
+    <b>neural networks</b>") is marked piece by piece in each text node.
+    """
+    parts = list(tokens(fragment))
+    texts, offsets, whole, _ = _flat(parts)
+    spans = first_hit_spans(whole, hits)
     if not spans:
         return fragment
     out = []

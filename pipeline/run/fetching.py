@@ -54,7 +54,8 @@ class FeedReport:
                 text += f" (failure {self.failures}; next attempt after {_local(self.next_attempt_at)})"
         else:
             text = (
-                f"skipped: resting after {self.failures} failure(s) until {_local(self.next_attempt_at)}"
+                f"skipped: resting after {self.failures} failure{'' if self.failures == 1 else 's'} "
+                f"until {_local(self.next_attempt_at)}"
                 f" (last error: {self.error}); name it with --feed to fetch it now"
             )
         if self.moved_to:

@@ -18,7 +18,7 @@ def test_fetch_exits_1_when_every_feed_failed(
     result = cli("--config", config, "fetch")
     assert result.exit_code == 1, result.output
     assert re.search(r"gone\s+error: HTTP 404 Not Found", result.output)
-    assert "error: 2 of 2 feed(s) failed: gone, broken" in result.output
+    assert "error: 2 of 2 feeds failed: gone, broken" in result.output
 
 
 def test_fetch_exits_1_when_one_feed_of_several_failed(
@@ -30,7 +30,7 @@ def test_fetch_exits_1_when_one_feed_of_several_failed(
     result = cli("--config", config, "fetch")
     assert result.exit_code == 1, result.output
     assert re.search(r"papers-arxiv\s+3 new", result.output)
-    assert "error: 1 of 2 feed(s) failed: gone" in result.output
+    assert "error: 1 of 2 feeds failed: gone" in result.output
 
 
 def test_fetch_exits_0_when_nothing_failed_and_a_resting_feed_is_not_a_failure(

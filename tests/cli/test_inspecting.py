@@ -75,7 +75,7 @@ def test_fetch_and_status_show_resting_feeds(
     ), first.output
     second = cli("--config", config, "fetch")
     assert re.search(
-        r"broken\s+skipped: resting after 1 failure\(s\) until \S+ \S+ \S+ "
+        r"broken\s+skipped: resting after 1 failure until \S+ \S+ \S+ "
         r"\(last error: HTTP 500 Internal Server Error\); name it with --feed to fetch it now\s+-",
         second.output,
     ), second.output

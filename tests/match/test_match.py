@@ -353,36 +353,36 @@ def test_feeds_restrict() -> None:
 
 
 @pytest.mark.parametrize(
-    ("query", "message"),
+    ("query", "message", "position"),
     [
-        ("(RL OR bandit", "topics.t.query: position 14: expected ')'"),
-        ("RL OR", "topics.t.query: position 6: expected a term after 'OR'"),
-        ("RL AND AND bandit", "topics.t.query: position 8: expected a term after 'AND', found 'AND'"),
-        ("OR RL", "topics.t.query: position 1: expected a term, found 'OR'"),
-        ("RL)", "topics.t.query: position 3: unexpected ')'"),
-        ("()", "topics.t.query: position 2: expected a term, found ')'"),
-        ("RL NOT", "topics.t.query: position 7: expected a term after 'NOT'"),
-        ("RL - bandit", "topics.t.query: position 4: expected a term after '-'"),
-        ('RL "delayed feedback', "topics.t.query: position 4: unterminated quote"),
-        ('RL ""', "topics.t.query: position 4: '\"\"' has no letters or digits"),
-        ("RL !!", "topics.t.query: position 4: '!!' has no letters or digits"),
-        ("titel:RL", "topics.t.query: position 1: unknown field 'titel:'"),
-        ("RL title: bandit", "topics.t.query: position 10: expected a term or \"phrase\" after 'title:'"),
-        ("", "topics.t.query: position 1: empty query"),
-        ("   ", "topics.t.query: position 4: empty query"),
-        (
-            "NOT survey",
-            "topics.t.query: position 1: this query matches entries that contain none of its terms",
-        ),
-        ("RL OR -survey", "topics.t.query: position 1: this query matches entries that contain none"),
-        ("(" * 60 + "RL" + ")" * 60, "topics.t.query: position 51: nested more than 50 deep"),
+        # the caret is under the "(" that is never closed, not at the end of the query
+        ("(RL OR bandit", 'topics.t.query: this "(" is never closed: add a ")" where its group ends', 1),
+        ("RL OR", 'topics.t.query: expected a term after "OR"', 6),
+        ("RL AND AND bandit", 'topics.t.query: expected a term after "AND", found "AND"', 8),
+        ("OR RL", 'topics.t.query: expected a term, found "OR"', 1),
+        ("RL)", 'topics.t.query: this ")" has no "(" before it to close', 3),
+        ("()", 'topics.t.query: expected a term after "(", found ")"', 2),
+        ("RL NOT", 'topics.t.query: expected a term after "NOT"', 7),
+        ("RL - bandit", 'topics.t.query: "-" must be followed by a term, with no space: like -survey', 4),
+        ('RL "delayed feedback', 'topics.t.query: this quote is never closed: add a " after the phrase', 4),
+        ('RL ""', "topics.t.query: '\"\"' has no letters or digits", 4),
+        ("RL !!", 'topics.t.query: "!!" has no letters or digits', 4),
+        ("titel:RL", 'topics.t.query: unknown field "titel:"', 1),
+        ("RL title: bandit", 'topics.t.query: expected a term or "phrase" right after "title:"', 10),
+        ("", "topics.t.query: the query is empty", 1),
+        ("   ", "topics.t.query: the query is empty", 4),
+        # a problem of the whole query: no position
+        ("NOT survey", "topics.t.query: this query matches entries that contain none of its terms", None),
+        ("RL OR -survey", "topics.t.query: this query matches entries that contain none", None),
+        ("(" * 60 + "RL" + ")" * 60, "topics.t.query: parentheses and NOTs nest more than 50 deep here", 51),
     ],
 )
-def test_query_errors_name_the_topic_and_the_position(query: str, message: str) -> None:
+def test_query_errors_name_the_topic_and_the_position(query: str, message: str, position: int | None) -> None:
     with pytest.raises(MatchError) as info:
         topic(query=query)
     assert str(info.value).startswith(message)
     assert info.value.problems[0].key == ("topics", "t", "query")
+    assert info.value.problems[0].position == position
 
 
 def test_compile_topics_lists_every_problem_with_its_key() -> None:
@@ -394,10 +394,14 @@ def test_compile_topics_lists_every_problem_with_its_key() -> None:
                 "c": TopicConfig(query="fine"),
             }
         )
-    assert [(p.key, str(p)) for p in info.value.problems] == [
-        (("topics", "a", "keywords", 1), "topics.a.keywords[2]: '--' has no letters or digits"),
-        (("topics", "a", "query"), "topics.a.query: position 5: expected a term after 'OR'"),
-        (("topics", "b", "exclude", 0), "topics.b.exclude[1]: '?' has no letters or digits"),
+    assert [(p.key, p.position, str(p)) for p in info.value.problems] == [
+        (("topics", "a", "keywords", 1), None, "topics.a.keywords[2]: '--' has no letters or digits"),
+        (
+            ("topics", "a", "query"),
+            5,
+            'topics.a.query: expected a term after "OR"\n    x OR\n        ^',
+        ),
+        (("topics", "b", "exclude", 0), None, "topics.b.exclude[1]: '?' has no letters or digits"),
     ]
 
 
@@ -548,7 +552,14 @@ def test_the_query_parser_only_ever_raises_match_error(query: str) -> None:
         parse_query(query)
         compile_topic("t", TopicConfig(query=query))
     except MatchError as exc:
-        assert re.match(r"(query|topics\.t\.query): position \d+: ", str(exc))
+        # where, what, then the query's line and a caret under the character (none for a
+        # blank query; no caret for a problem of the whole query, which alone has no position)
+        error = exc.problems[0]
+        assert re.fullmatch(r"(query|topics\.t\.query): [^\n]+(\n    [^\n]*(\n +\^)?)?", str(exc))
+        assert error.position is not None or "contain none of its terms" in str(error)
+        assert error.position is None or 1 <= error.position <= len(query) + 1
+        lines = 1 if not query.strip() else 2 if error.position is None else 3
+        assert len(str(error).split("\n")) == lines
 
 
 # Words that are no one's plural and whose plurals meet no other word of the list.

@@ -285,11 +285,14 @@ def test_check_reports_query_errors_with_file_line_topic_and_position(
     line = text.splitlines().index("query = '(GNN OR \"link prediction\"'") + 1
     result = cli("--config", config, "check")
     assert result.exit_code == 2, result.output
-    assert f"{config}:{line}: topics.graphs.query: position 26: expected ')'" in result.output
+    # the caret is under the "(" that is never closed (position 1)
+    never_closed = 'topics.graphs.query: this "(" is never closed: add a ")" where its group ends'
+    pointer = '\n    (GNN OR "link prediction"\n    ^\n'
+    assert f"{config}:{line}: {never_closed}{pointer}" in result.output
     assert f"{config}:{line - 1}: topics.graphs.keywords[2]: '--' has no letters or digits" in result.output
-    assert "2 problem(s) in the config." in result.output
+    assert "2 problems in the config." in result.output
 
     # The other verbs refuse it the same way (exit 2), naming the file.
     send = cli("--config", config, "send", "--no-fetch")
     assert send.exit_code == 2, send.output
-    assert f"{config}: topics.graphs.query: position 26: expected ')'" in send.output
+    assert f"{config}: {never_closed}{pointer}" in send.output
