@@ -154,3 +154,22 @@ def test_more_connections_than_the_server_allows_still_deliver_everything(
     assert result.exit_code == 0, result.output
     assert "30 sent, 0 pending, 0 failed" in result.output
     assert len(delivered) == 30
+
+
+def test_a_deferred_digest_is_shown_waiting_on_the_next_send_and_retry_now_tries_it(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    # A later send used to say "0 pending" and exit 0 while the digest waited on its backoff.
+    access = {"user1@example.org": "450 4.2.0 try later"}
+    with running_postfix(tmp_path, tls="starttls", recipient_access=access) as server:
+        config = many(tmp_path, 2, smtp(server, retries=1))
+        first = cli("--config", config, "send")
+        assert first.exit_code == 3 and "1 sent, 1 pending" in first.output, first.output
+        again = cli("--config", config, "send")
+        assert again.exit_code == 3, again.output
+        assert "waiting user1@example.org: next attempt" in again.output and "450 4.2.0" in again.output
+        assert "1 waiting in the outbox" in again.output
+        now = cli("--config", config, "send", "--retry-now")  # still refused: tried at once, again
+        assert now.exit_code == 3 and "pending user1@example.org: 450 4.2.0" in now.output, now.output
+        assert [m["Delivered-To"] for m in server.messages(count=1)] == ["user0@example.org"]
+    assert [r["attempts"] for r in delivery_rows(tmp_path) if r["subscriber"] == "user1@example.org"] == [2]
