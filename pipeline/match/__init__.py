@@ -24,7 +24,7 @@
 
 from __future__ import annotations
 
-from .highlight import hit_spans, hit_term
+from .highlight import hit_spans, hit_term, merge_spans
 from .index import (
     AUTHOR,
     CATEGORY,
@@ -106,6 +106,7 @@ __all__ = [
     "keyword_term",
     "match_topic",
     "match_topics",
+    "merge_spans",
     "parse_query",
     "plural",
     "query_terms",

@@ -43,6 +43,11 @@ def hit_spans(text: str, hits: Iterable[str], *, field: str | None = None) -> li
         for i in range(len(tokens) - n + 1):
             if all(folded[i + j] in accepted for j, accepted in enumerate(term.phrase)):
                 spans.append((tokens[i][0], tokens[i + n - 1][1]))
+    return merge_spans(spans)
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans in order, overlapping ones joined."""
     merged: list[tuple[int, int]] = []
     for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:

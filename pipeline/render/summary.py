@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import nh3
 from markupsafe import Markup, escape
 
-from ..match import Term, hit_spans, hit_term
+from ..match import Term, hit_spans, hit_term, merge_spans
 from ..text import clean_text
 
 ALLOWED_TAGS = frozenset(
@@ -333,13 +333,7 @@ def first_hit_spans(text: str, hits: Iterable[str], *, field: str = "summary") -
         found = hit_spans(text, (hit,), field=field)
         if found:
             spans.append(found[0])
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-        else:
-            merged.append((start, end))
-    return merged
+    return merge_spans(spans)
 
 
 def highlight_html(fragment: str, hits: Iterable[str]) -> str:
