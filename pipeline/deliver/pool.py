@@ -12,18 +12,38 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import DeliveryError
 from ..models import OutgoingMessage
 
 if TYPE_CHECKING:
     from . import Transport
+
+log = logging.getLogger("digest")
+UNRECORDABLE = "not sent: what is sent can no longer be recorded"
+
+
+class Acceptances(Protocol):
+    """Who records the server's acceptances (the outbox's recorder)."""
+
+    def reserve(self) -> bool:
+        """Before a message goes: room to record it (may wait); False: do not send it."""
+        ...
+
+    def add(self, key: int) -> None:
+        """The server accepted the message ``reserve`` made room for."""
+        ...
+
+    def cancel(self) -> None:
+        """The message ``reserve`` made room for did not go."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +66,11 @@ class _Job:
 class ConnectionPool:
     """Delivers submitted messages over ``connections`` transports in worker threads.
 
-    ``submit`` never blocks; ``results`` returns what has finished; ``on_sent`` is called from
-    the worker thread as soon as the server accepts a message. Message-level transient
-    failures are retried up to ``retries`` times, ``retry_delay`` apart, while other messages
-    go on; a message whose connection was lost after it was sent is not (it may have arrived).
+    ``submit`` never blocks; ``results`` returns what has finished; ``acceptances`` is told
+    from the worker thread before each message goes and as soon as the server accepts it.
+    Message-level transient failures are retried up to ``retries`` times, ``retry_delay``
+    apart, while other messages go on; a message whose connection was lost after it was sent
+    is not (it may have arrived).
     A connection that cannot be opened while another works (a server that limits connections
     per client) is given up for the run, and its message goes to the others. Otherwise
     connection failures are retried the same way; if the server still cannot be used, or the
@@ -64,10 +85,10 @@ class ConnectionPool:
         connections: int = 1,
         retries: int = 3,
         retry_delay: float = 2.0,
-        on_sent: Callable[[int], None] | None = None,
+        acceptances: Acceptances | None = None,
     ) -> None:
         self.make_transport = make_transport
-        self.on_sent = on_sent
+        self.acceptances = acceptances
         self.retries = retries
         self.retry_delay = retry_delay
         self.unreachable: str | None = None
@@ -147,37 +168,36 @@ class ConnectionPool:
                     return None
                 self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
 
-    def _retry_later(self, job: _Job) -> None:
-        with self._cond:
-            heapq.heappush(self._delayed, (time.monotonic() + self.retry_delay, next(self._order), job))
-            self._cond.notify_all()
-
     def _worker(self) -> None:
         transport: Transport | None = None
         working = False  # this worker's connection has carried a message
         retired = False
         try:
             while (job := self._next()) is not None:
-                if self.unreachable:
+                refusal = self._refusal()
+                if refusal is not None:
                     with self._cond:
-                        self._finish(job, self._unreachable_error())
+                        self._finish(job, refusal)
                     continue
                 job.tries += 1
                 try:
                     if transport is None:
                         transport = self.make_transport()
                     transport.send(job.message)
-                except DeliveryError as exc:
-                    if exc.connection and working:
+                except Exception as exc:
+                    if self.acceptances is not None:
+                        self.acceptances.cancel()
+                    error = exc if isinstance(exc, DeliveryError) else _unexpected(exc)
+                    if error.connection and working:
                         working = False  # (it reconnects on the next message, or gives up)
                         self._count_working(-1)
-                    if self._retire(job, exc, working):
+                    if self._retire(job, error, working):
                         retired = True
                         return
-                    self._give_up_or_retry(job, exc)
+                    self._give_up_or_retry(job, error)
                     continue
-                if self.on_sent is not None:
-                    self.on_sent(job.key)  # straight from the 250: the window for a re-send stays tiny
+                if self.acceptances is not None:
+                    self.acceptances.add(job.key)  # straight from the 250: the re-send window stays tiny
                 if not working:
                     working = True
                     self._count_working(1)
@@ -190,6 +210,17 @@ class ConnectionPool:
             if transport is not None:
                 transport.close()
 
+    def _refusal(self) -> DeliveryError | None:
+        """Why this job may not go now (the run was abandoned, the server is unusable, what
+        is sent can no longer be recorded), or None: room was reserved to record it."""
+        if self._abandoned:
+            return DeliveryError(self._abandoned, transient=True)
+        if self.unreachable:
+            return self._unreachable_error()
+        if self.acceptances is not None and not self.acceptances.reserve():
+            return DeliveryError(UNRECORDABLE, transient=True)
+        return None
+
     def _count_working(self, change: int) -> None:
         with self._cond:
             self._working += change
@@ -199,7 +230,8 @@ class ConnectionPool:
         stops for the run (a server that limits connections per client answers 421) and its
         message goes back to the others. The last one left retries, then gives up."""
         with self._cond:
-            if not exc.connection or exc.operator or working or (self._working == 0 and self._alive <= 1):
+            alone = self._working == 0 and self._alive <= 1
+            if not exc.connection or exc.operator or working or alone or self._closing or self._abandoned:
                 return False
             job.tries -= 1  # (never attempted)
             self._alive -= 1  # (now, under the lock: two failing at once must not both go)
@@ -209,10 +241,11 @@ class ConnectionPool:
 
     def _give_up_or_retry(self, job: _Job, exc: DeliveryError) -> None:
         retry = exc.transient and not exc.operator and not exc.after_data
-        if retry and job.tries < self.retries and not self._abandoned:
-            self._retry_later(job)
-            return
         with self._cond:
+            if retry and job.tries < self.retries and not self._abandoned:
+                heapq.heappush(self._delayed, (time.monotonic() + self.retry_delay, next(self._order), job))
+                self._cond.notify_all()
+                return
             if exc.connection:
                 # The server cannot be used now: hand back everything still waiting.
                 self.unreachable, self.fatal = str(exc), exc
@@ -221,3 +254,10 @@ class ConnectionPool:
                 self._work.clear()
                 self._delayed.clear()
             self._finish(job, exc)
+
+
+def _unexpected(exc: Exception) -> DeliveryError:
+    """A failure the transport did not classify (a bug, or input it cannot encode): the
+    message waits, and the server is not used again in this run."""
+    log.exception("delivery error=%r", exc)
+    return DeliveryError(f"unexpected error: {exc!r}", transient=True, connection=True)

@@ -195,7 +195,7 @@ class SmtpTransport:
         mechanism = next((m for m in ("CRAM-MD5", "PLAIN", "LOGIN") if m in offered), None)
         if mechanism is None:
             raise self._refusal(
-                f"offers only the login mechanisms {', '.join(offered)} (digest: PLAIN, LOGIN)"
+                f"offers only the login mechanisms {', '.join(offered)} (digest: CRAM-MD5, PLAIN, LOGIN)"
             )
         conn.user, conn.password = cfg.username or "", password
         method = getattr(conn, "auth_" + mechanism.lower().replace("-", "_"))
@@ -218,6 +218,8 @@ class SmtpTransport:
     def _connect_error(self, exc: BaseException) -> DeliveryError:
         """A failure while opening the session, classified (see the module docstring)."""
         cfg = self.config
+        if isinstance(exc, UnicodeEncodeError):  # smtplib sends AUTH credentials as ASCII
+            return self._refusal(": the [smtp] username or password has characters SMTP login cannot send")
         if isinstance(exc, ssl.SSLCertVerificationError):
             reason = _ssl_text(exc.verify_message or str(exc))
             return self._refusal(
@@ -358,23 +360,31 @@ class _Transaction:
         """Raise the classified error for a refusal at ``step`` (resetting the transaction)."""
         if code == 421:  # the server is closing the transmission channel (RFC 5321 3.8)
             self.transport.drop()
-        elif code:
-            with contextlib.suppress(OSError, smtplib.SMTPException):
+        elif code > 0:
+            try:
                 self.conn.rset()
+            except (OSError, smtplib.SMTPException):
+                self.transport.drop()  # (the next message reconnects)
         text = f"{code} {_text(reply)}"
         status = enhanced_status(reply)
-        if 500 <= code < 600:
-            if step == "MAIL FROM" or (step == "RCPT TO" and status is not None and status[1] == 7):
-                raise DeliveryError(
-                    f"{self.where} refused at {step}: {text} (about this sender or client, not "
-                    "the recipient: check [smtp] from, username and the server's policy)",
-                    transient=True,
-                    code=code,
-                    operator=True,
-                )
-            if code == 552 and (step == "the end of DATA" or status == (5, 3, 4)):
-                size = len(self.message.data)
-                raise DeliveryError(f"message too big ({size} bytes): {text}", transient=False, code=code)
+        if code < 0:  # not a reply at all: the server's fault, and maybe it has the message
+            self.transport.drop()
+            raise DeliveryError(
+                f"unreadable reply at {step}: {text}", transient=True, after_data=step == "the end of DATA"
+            )
+        if code == 552 and (step in ("MAIL FROM", "the end of DATA") or status == (5, 3, 4)):
+            # (RFC 1870: a 552 to MAIL FROM with SIZE= is about this message's size)
+            size = len(self.message.data)
+            raise DeliveryError(f"message too big ({size} bytes): {text}", transient=False, code=code)
+        policy = step == "RCPT TO" and status is not None and status[1] == 7  # 5.7.x: about us
+        if 500 <= code < 600 and (step == "MAIL FROM" or policy):
+            raise DeliveryError(
+                f"{self.where} refused at {step}: {text} (about this sender or client, not "
+                "the recipient: check [smtp] from, username and the server's policy)",
+                transient=True,
+                code=code,
+                operator=True,
+            )
         raise DeliveryError(text, transient=is_transient(code), code=code)
 
 

@@ -144,7 +144,7 @@ class OutboxRun:
                 connections=smtp.connections if smtp else 1,
                 retries=smtp.retries if smtp else 1,
                 retry_delay=smtp.retry_delay.total_seconds() if smtp else 0.0,
-                on_sent=self.recorder.add,
+                acceptances=self.recorder,
             )
         with self.report.timed("  claim"):
             digests = self._digests(rows)

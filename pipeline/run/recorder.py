@@ -29,9 +29,10 @@ MAX_UNRECORDED = 8  # acceptances at most waiting for their commit (a crash repe
 class SentRecorder:
     """Marks rows sent as soon as the server accepts them, in group commits.
 
-    ``add`` is called from the sending threads, straight after the server's 250, and blocks
-    while ``MAX_UNRECORDED`` acceptances already wait. ``failed`` is set, and every later
-    ``add`` returns at once, when a commit could not be written.
+    A sending thread calls ``reserve`` before it sends a message (it waits while
+    ``MAX_UNRECORDED`` messages are sent or being sent and not yet recorded, and is told False
+    once a commit has failed: then it must not send), then ``add`` straight after the server's
+    250, or ``cancel`` if the message did not go.
     """
 
     def __init__(self, store: Store, clock: Clock, owner: str) -> None:
@@ -42,12 +43,24 @@ class SentRecorder:
         self.thread = threading.Thread(target=self._run, name="sent-recorder", daemon=True)
         self.thread.start()
 
-    def add(self, row_id: int) -> None:
-        """Record this row as sent (soon); waits while too many acceptances are unrecorded."""
+    def reserve(self) -> bool:
+        """Room for one more message whose acceptance is not recorded yet (waits for it);
+        False when nothing can be recorded any more."""
         while not self.room.acquire(timeout=0.1):
             if self.failed is not None:
-                return
+                return False
+        if self.failed is not None:
+            self.room.release()
+            return False
+        return True
+
+    def add(self, row_id: int) -> None:
+        """Record this row as sent (soon), in the room ``reserve`` gave."""
         self.queue.put(row_id)
+
+    def cancel(self) -> None:
+        """The message ``reserve`` made room for did not go."""
+        self.room.release()
 
     def _run(self) -> None:
         closing, last = False, 0.0

@@ -95,7 +95,14 @@ class Outbox(Transactions):
         # Each query walks an index in order and stops at the limit. (One query with an OR of
         # the two kinds, by id, made SQLite collect and sort every due row at each claim, so a
         # claim cost more the larger the send.)
-        expired = select(c.id).where(c.state == SENDING, c.lease_until < now).order_by(c.id).limit(limit)
+        # (never our own: a clock jump or a pause past the lease must not claim again what this
+        # sender still holds and may be sending right now)
+        expired = (
+            select(c.id)
+            .where(c.state == SENDING, c.lease_until < now, c.claimed_by != owner)
+            .order_by(c.id)
+            .limit(limit)
+        )
         orphans = select(c.id, c.claimed_by).where(
             c.state == SENDING, c.lease_until >= now, c.claimed_by != owner
         )

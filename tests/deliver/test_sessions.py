@@ -294,3 +294,48 @@ def test_extra_connections_the_server_refuses_do_not_stop_the_run(
     assert "30 sent, 0 pending, 0 failed" in result.output
     assert len(handler.messages) == 30
     assert handler.refused <= 2  # each extra connection tried once, then given up for the run
+
+
+def test_a_size_refusal_at_mail_from_fails_that_digest(
+    cli: Callable[..., Result], tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    # RFC 1870: 552 to MAIL FROM ... SIZE= is about this message, not about us.
+    smtp_server.handler.mail_faults.append("552 5.3.4 message size exceeds fixed limit")
+    config = many(tmp_path, 2, smtp_section(smtp_server))
+    result = cli("--config", config, "send")
+    assert result.exit_code == 1, result.output
+    assert "message too big" in result.output
+    assert sorted(delivery_states(tmp_path).values()) == ["failed", "sent"]
+
+
+def test_a_reply_that_is_not_a_reply_is_temporary(
+    cli: Callable[..., Result], tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    smtp_server.handler.faults["user1@example.org"] = ["what is this", None]
+    config = many(tmp_path, 2, smtp_section(smtp_server))
+    result = cli("--config", config, "send")
+    assert result.exit_code == 0, result.output  # retried within the run, then accepted
+    assert delivery_states(tmp_path) == {"user0@example.org": "sent", "user1@example.org": "sent"}
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # aiosmtpd, on loopback
+def test_a_password_smtp_cannot_send_is_a_config_error_not_a_hang(
+    cli: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = SmtpHandler()
+    controller, port = start_smtp(
+        handler, authenticator=lambda *args: None, auth_require_tls=False, auth_required=True
+    )
+    monkeypatch.setenv("DIGEST_TEST_SMTP_PASSWORD", "pässwörd")
+    try:
+        server = SmtpServer("127.0.0.1", port, handler)
+        smtp = smtp_section(server, username="digest", password_env="DIGEST_TEST_SMTP_PASSWORD", timeout="2s")
+        started = time.monotonic()
+        result = cli("--config", many(tmp_path, 3, smtp), "send")
+        elapsed = time.monotonic() - started
+    finally:
+        controller.stop()
+    assert result.exit_code == 2, result.output
+    assert "password has characters" in result.output
+    assert elapsed < 20, elapsed
+    assert set(delivery_states(tmp_path).values()) == {"pending"}

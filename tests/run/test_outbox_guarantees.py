@@ -256,3 +256,14 @@ def test_the_summary_counts_every_digest_left_in_the_outbox(
     )
     assert found and int(found[1]) + int(found[2]) == 120, result.output
     assert set(delivery_states(tmp_path).values()) == {"pending"}
+
+
+def test_a_clock_jump_past_the_lease_does_not_claim_again_what_this_sender_holds(tmp_path: Path) -> None:
+    # Suspend, an NTP step, Ctrl-Z then fg: our own lease looks expired, but we are sending.
+    with Store(f"sqlite:///{tmp_path}/state.db") as store:
+        now = queue_outbox(store, 3)
+        mine = store.claim(now, lease=timedelta(minutes=10), owner=owner_id(), limit=3)
+        later = now + timedelta(minutes=11)
+        assert store.claim(later, lease=timedelta(minutes=10), owner=owner_id(), limit=3) == []
+        theirs = store.claim(later, lease=timedelta(minutes=10), owner="elsewhere:1:x", limit=3)
+        assert sorted(r.id for r in theirs) == sorted(r.id for r in mine)  # another sender may

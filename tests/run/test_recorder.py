@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import queue_outbox
+from conftest import queue_outbox, wait_for
 from sqlalchemy import event
 
 from pipeline import run
@@ -34,6 +34,7 @@ def test_rows_accepted_close_together_share_a_commit_and_none_is_lost(tmp_path: 
         event.listen(store.engine, "begin", began)
         recorder = run.SentRecorder(store, utcnow, owner_id())
         for row in claimed:
+            assert recorder.reserve()
             recorder.add(row.id)
             time.sleep(0.0001)
         recorder.close()
@@ -63,7 +64,8 @@ def test_at_most_a_few_acceptances_wait_for_their_commit_however_slow_the_disk(t
         recorder = run.SentRecorder(store, utcnow, owner_id())
         ahead = []
         for n, row in enumerate(claimed, 1):
-            recorder.add(row.id)  # returns at once while few wait; else once the recorder caught up
+            assert recorder.reserve()  # at once while few wait; else once the recorder caught up
+            recorder.add(row.id)
             ahead.append(n - store.delivery_counts().get("sent", 0))
         recorder.close()
         event.remove(store.engine, "commit", slow_commit)
@@ -78,14 +80,17 @@ def test_a_commit_that_fails_stops_the_recorder_and_nothing_after_it_is_taken_as
         now = queue_outbox(store, 20)
         claimed = store.claim(now, lease=timedelta(minutes=5), owner=owner_id(), limit=20)
         recorder = run.SentRecorder(store, utcnow, owner_id())
+        assert recorder.reserve()
         recorder.add(claimed[0].id)
         time.sleep(0.05)
         with store.engine.begin() as conn:  # the table goes read-only: every later mark fails
             conn.exec_driver_sql(
                 "CREATE TRIGGER full BEFORE UPDATE ON deliveries BEGIN SELECT RAISE(ABORT, 'disk full'); END"
             )
-        for row in claimed[1:]:
-            recorder.add(row.id)
+        assert recorder.reserve()
+        recorder.add(claimed[1].id)  # its commit fails: nothing more may be sent
+        wait_for(lambda: recorder.failed is not None, timeout=10)
+        assert not recorder.reserve()
         recorder.close()
         assert recorder.failed is not None and "disk full" in str(recorder.failed)
         assert store.delivery_counts() == {"sent": 1, "sending": 19}
