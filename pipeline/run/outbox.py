@@ -250,6 +250,8 @@ class OutboxRun:
 
     def close(self) -> None:
         if self.connections is not None:
+            if self.stop.is_set():  # (also when a second signal cut the run short: send no more)
+                self.connections.abandon(INTERRUPTED)
             self.connections.close()
         if self.recorder is not None:
             self.recorder.close()
