@@ -9,6 +9,7 @@ backoff until ``give_up_after``; a permanent one marks it failed.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from datetime import datetime, timedelta
@@ -91,7 +92,9 @@ class OutboxRun:
         self.progress, self.stop, self.speed = progress, stop, speed
         self.rendering = speed.render_pool(settings)
         self.entries: dict[int, Entry] = {}  # loaded for digests rebuilt from the outbox
-        self.owner = owner_id()
+        # This run's own name: a later run of this process (digest run) may take over what an
+        # earlier one left claimed once its lease ran out; this run never takes its own again.
+        self.owner = f"{owner_id()}.{secrets.token_hex(3)}"
         self.held: dict[int, tuple[OutboxRow, int]] = {}  # row id -> (row, entries in it)
         self.connections: ConnectionPool | None = None
         self.recorder: SentRecorder | None = None

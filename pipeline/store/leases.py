@@ -51,10 +51,12 @@ def holder_is_dead(claimed_by: str | None) -> bool:
     pid, _, scope = rest.partition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False  # another machine's claim: only its lease can expire it
-    if scope and scope.rpartition(".")[0] != _place():
+    # scope: place.started, and a run of the process may add .run (see owner_id)
+    if scope and not scope.startswith(f"{_place()}."):
         return False  # another container or boot: its pids are not ours to test
     if scope and int(pid) == os.getpid():
-        return scope != f"{_place()}.{_STARTED}"  # an earlier process that had our pid
+        ours = f"{_place()}.{_STARTED}"
+        return scope != ours and not scope.startswith(f"{ours}.")  # else: an earlier process, our pid
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

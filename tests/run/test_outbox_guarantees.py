@@ -267,3 +267,20 @@ def test_a_clock_jump_past_the_lease_does_not_claim_again_what_this_sender_holds
         assert store.claim(later, lease=timedelta(minutes=10), owner=owner_id(), limit=3) == []
         theirs = store.claim(later, lease=timedelta(minutes=10), owner="elsewhere:1:x", limit=3)
         assert sorted(r.id for r in theirs) == sorted(r.id for r in mine)  # another sender may
+
+
+def test_a_later_run_of_this_process_takes_over_what_an_earlier_run_left_after_its_lease(
+    tmp_path: Path,
+) -> None:
+    # digest run delivers in one process for months: a run that stopped (a full disk) must not
+    # leave its rows claimed until a restart, nor may a live run's rows look abandoned.
+    earlier, later = f"{owner_id()}.aaaaaa", f"{owner_id()}.bbbbbb"
+    assert not holder_is_dead(earlier)  # this process: alive
+    with Store(f"sqlite:///{tmp_path}/state.db") as store:
+        now = queue_outbox(store, 2)
+        left = store.claim(now, lease=timedelta(minutes=10), owner=earlier, limit=2)
+        assert (
+            store.claim(now + timedelta(minutes=1), lease=timedelta(minutes=10), owner=later, limit=2) == []
+        )
+        taken = store.claim(now + timedelta(minutes=11), lease=timedelta(minutes=10), owner=later, limit=2)
+        assert sorted(r.id for r in taken) == sorted(r.id for r in left)
