@@ -257,6 +257,7 @@ class Settings(_Section):
         return f"mailto:{sender_address(self.sender)}?subject={quote('unsubscribe ' + email)}"
 
 
+@functools.lru_cache(maxsize=16)  # (asked for every message of a run, with the same title)
 def list_label(title: str) -> str:
     """The title as an RFC 2919 list label: ASCII letters, digits and ``-``, at most
     ``LIST_LABEL_LIMIT`` characters (``Résumé hebdo`` -> ``resume-hebdo``); ``digest`` if none."""

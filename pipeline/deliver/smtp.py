@@ -68,6 +68,10 @@ class RateLimit:
             time.sleep(delay)
 
 
+class _NoReply(smtplib.SMTPServerDisconnected):
+    """The server said nothing complete within the timeout."""
+
+
 class _Session(smtplib.SMTP):
     """smtplib's session, with each reply bounded in time and in lines.
 
@@ -90,19 +94,15 @@ class _Session(smtplib.SMTP):
                 left = deadline - time.monotonic()
                 if left <= 0 or len(lines) >= MAX_REPLY_LINES:
                     self.close()
-                    raise smtplib.SMTPServerDisconnected(
-                        f"no complete reply within {self.timeout:g}s"
-                        if left <= 0
-                        else f"a reply of more than {MAX_REPLY_LINES} lines"
-                    )
+                    if left <= 0:
+                        raise _NoReply(f"no complete reply within {self.timeout:g}s")
+                    raise smtplib.SMTPServerDisconnected(f"a reply of more than {MAX_REPLY_LINES} lines")
                 self.sock.settimeout(left)
                 try:
                     line = self.file.readline(_MAXLINE + 1)
                 except TimeoutError:
                     self.close()
-                    raise smtplib.SMTPServerDisconnected(
-                        f"no complete reply within {self.timeout:g}s"
-                    ) from None
+                    raise _NoReply(f"no complete reply within {self.timeout:g}s") from None
                 except OSError as exc:
                     self.close()
                     raise smtplib.SMTPServerDisconnected(f"connection unexpectedly closed: {exc}") from exc
@@ -243,7 +243,8 @@ class SmtpTransport:
                     f"{text} (the server refuses this client)", transient=True, code=code, operator=True
                 )
             return DeliveryError(text, transient=True, code=code, connection=True)
-        if isinstance(exc, smtplib.SMTPServerDisconnected) and cfg.security != "tls" and _speaks_tls(cfg):
+        # (a server that waits for a TLS handshake never greets: ask it for one, once)
+        if isinstance(exc, _NoReply) and cfg.security != "tls" and _speaks_tls(cfg):
             return self._refusal(
                 f'expects TLS from the start: set security = "tls" (port {cfg.effective_port})'
             )

@@ -193,12 +193,7 @@ def shorten_html(fragment: str, limit: int) -> tuple[str, bool]:
     for token in tokens(fragment):
         if isinstance(token, Tag):
             out.append(token.raw)
-            if token.name in _VOID:
-                continue
-            if not token.end:
-                stack.append(token.name)
-            elif token.name in stack:
-                del stack[len(stack) - 1 - stack[::-1].index(token.name) :]
+            _track(stack, token)
             continue
         text = html.unescape(token)
         words = list(_WORD.finditer(text))
@@ -287,14 +282,19 @@ def first_sentences(fragment: str, count: int) -> tuple[str, bool]:
             out.append(token)
             continue
         out.append(token.raw)
-        if token.name in _VOID:
-            continue
-        if not token.end:
-            stack.append(token.name)
-        elif token.name in stack:
-            del stack[len(stack) - 1 - stack[::-1].index(token.name) :]
+        _track(stack, token)
     out.extend(f"</{name}>" for name in reversed(stack))
     return "".join(out), True
+
+
+def _track(stack: list[str], tag: Tag) -> None:
+    """Keep ``stack`` the elements open after ``tag`` (a cut closes them in reverse)."""
+    if tag.name in _VOID:
+        return
+    if not tag.end:
+        stack.append(tag.name)
+    elif tag.name in stack:
+        del stack[len(stack) - 1 - stack[::-1].index(tag.name) :]
 
 
 def highlight_text(text: str, hits: Iterable[str], *, field: str = "title") -> Markup:
