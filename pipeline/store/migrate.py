@@ -41,4 +41,6 @@ def _upgrade(conn: Connection, version: int) -> None:
         conn.exec_driver_sql("ALTER TABLE deliveries ADD COLUMN cut TEXT")
     if version < 4:
         conn.exec_driver_sql("ALTER TABLE deliveries ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0")
+    if version < 5:
+        pass  # (version 5's tables are new: ``create_all`` made them before this step)
     conn.execute(update(meta_table).where(meta_table.c.key == "schema").values(value=str(SCHEMA_VERSION)))

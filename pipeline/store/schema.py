@@ -28,7 +28,9 @@ from sqlalchemy.types import TypeDecorator
 # 1: the first release. 2: feed health (last_error_at, failing_since, alert, body_hash),
 # entry fingerprints and pruning (entries.fingerprint, entries.pruned_at), entry_sources.last_seen.
 # 3: deliveries.cut (the entries a digest only counted). 4: deliveries.unconfirmed.
-SCHEMA_VERSION = 4
+# 5: readers' own choices, votes and sign-ups (``digest serve``); bounces and suppressions;
+# the workers' planning slots and subscribers.next_due_at (``digest worker``).
+SCHEMA_VERSION = 5
 
 
 def utcnow() -> datetime:
