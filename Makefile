@@ -73,7 +73,9 @@ lint: $(VENV)/.test
 test: lint
 	$(BIN)/pytest -q
 
-# Sample digest in headless Chromium (Debian package chromium), 600/375 px, light/dark, into docs/.
+# Sample digest in headless Chromium (Debian package chromium), 600/375 px, light/dark, into docs/;
+# then the reader pages (preferences, unsubscribe, vote, archive, sign-up) from a real `digest serve`
+# started on a free port over a copy of the example config.
 screenshots: $(VENV)/.base
 	$(BIN)/python docs/screenshots.py
 

@@ -16,6 +16,7 @@ It prints figures; it is not a timed test. Run: ``.venv/bin/python bench/bench_r
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import statistics
@@ -82,8 +83,12 @@ url = "feeds/blog.xml"
 """
 
 
-def make_settings(folder: Path, subscribers: int, rng: random.Random) -> Settings:
+def make_settings(
+    folder: Path, subscribers: int, rng: random.Random, base_url: str | None = None
+) -> Settings:
     text = CONFIG.format(db=folder / "bench.db")
+    if base_url:
+        text = text.replace("max_entries = 30\n", f'max_entries = 30\nbase_url = "{base_url}"\n')
     for name, (title, keywords) in TOPICS.items():
         text += f'\n[topics.{name}]\ntitle = "{title}"\nkeywords = {keywords!r}\n'.replace("'", '"')
     names = list(TOPICS)
@@ -166,7 +171,15 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=500)
     parser.add_argument("--sample", type=int, default=40, help="emails rendered whole, for comparison")
     parser.add_argument("--repeat", type=int, default=3, help="runs of ours (medians, min, max)")
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="also time ours with this [digest] base_url (vote links beside every entry, signed "
+        "footer links), runs alternating with the plain ones",
+    )
     args = parser.parse_args()
+    if args.base_url:  # (a throw-away key to sign the reader links with)
+        os.environ.setdefault("DIGEST_WEB_SECRET", "bench-signing-key-" + "0123456789" * 4)
     rng = random.Random(7)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -190,7 +203,16 @@ def main() -> None:
         f"planned in {plan_s:.2f} s"
     )
 
-    runs = [_ours(settings, digests, compose_args) for _ in range(args.repeat)]
+    linked_settings = (
+        make_settings(Path(tempfile.gettempdir()), args.subscribers, random.Random(7), args.base_url)
+        if args.base_url
+        else None
+    )
+    runs, linked_runs = [], []
+    for _ in range(args.repeat):
+        runs.append(_ours(settings, digests, compose_args))
+        if linked_settings is not None:
+            linked_runs.append(_ours(linked_settings, digests, compose_args))
     best = min(runs, key=lambda r: r["total"])
     n = len(digests)
 
@@ -211,6 +233,18 @@ def main() -> None:
     print(f"  mean message size  {best['size'] / 1024:.0f} KB")
     print(f"  peak RSS so far    {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     ours = best["total"]
+    if linked_runs:
+        print(f"\nwith base_url = {args.base_url} (same digests, runs alternating; ms per email):")
+        for key in ("render", "compose", "total", "warm"):
+            plain = statistics.median(r[key] for r in runs)
+            linked = statistics.median(r[key] for r in linked_runs)
+            low, low_linked = min(r[key] for r in runs), min(r[key] for r in linked_runs)
+            print(
+                f"  {key:<8} median {plain:.3f} -> {linked:.3f} ({linked / plain - 1:+.1%}), "
+                f"min {low:.3f} -> {low_linked:.3f} ({low_linked / low - 1:+.1%})"
+            )
+        size = statistics.median(r["size"] for r in linked_runs)
+        print(f"  mean message size  {size / 1024:.0f} KB")
 
     sample = digests[: args.sample]
     whole = Renderer(settings)

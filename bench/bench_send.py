@@ -10,7 +10,8 @@ In one run, on this machine, against Postfix's smtp-sink on loopback:
   entries as HTML to the same sink.
 
 The three run in rounds (ours, ceiling, peer; again...). Prints medians of --reps
-repetitions with min and max, the ratios, then a scaling table.
+repetitions with min and max, the ratios, then a scaling table. ``--dkim ALGORITHM``
+(repeatable) adds ours with ``[dkim]`` signing to each round, and its ratio to ours unsigned.
 """
 
 from __future__ import annotations
@@ -197,6 +198,8 @@ def ours(
     workers: int | None = None,
     *,
     verbose: bool = False,
+    base_url: str | None = None,
+    dkim: tuple[str, Path] | None = None,
 ) -> Run:
     """`digest send` as a user runs it; ``verbose``: with -v, for its stage timings (a log line
     per digest costs ~30 us: verbose runs are not the timed ones)."""
@@ -208,7 +211,15 @@ def ours(
         smtp_port=port,
         connections=connections,
         render_workers=workers,
+        base_url=base_url,
     )
+    if dkim is not None:  # (algorithm, key file): every digest signed
+        algorithm, key = dkim
+        with config.open("a") as file:
+            file.write(
+                f'\n[dkim]\ndomain = "example.net"\nselector = "bench"\nkey_file = "{key}"\n'
+                f'algorithm = "{algorithm}"\n'
+            )
     flags = ["-v"] if verbose else []
     return measure([sys.executable, "-m", "pipeline.cli", "--config", str(config), *flags, "send"])
 
@@ -268,6 +279,22 @@ def rss2email(work: Path, r2e: Path, feed_url: str, port: int) -> Run:
     return measure([str(r2e), "-c", str(config), "-d", str(folder / "data.json"), "run"])
 
 
+def dkim_key(work: Path, algorithm: str) -> Path:
+    """A fresh private key for ``[dkim]``: RSA-2048 or Ed25519."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    key = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if algorithm == "rsa-sha256"
+        else ed25519.Ed25519PrivateKey.generate()
+    )
+    path = work / f"dkim-{algorithm}.pem"
+    encoding, form = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+    path.write_bytes(key.private_bytes(encoding, form, serialization.NoEncryption()))
+    return path
+
+
 # --- report --------------------------------------------------------------------------------------
 
 
@@ -303,7 +330,22 @@ def main() -> None:
     parser.add_argument("--render-workers", type=int, help="[digest] render_workers (default: automatic)")
     parser.add_argument("--no-peer", action="store_true", help="skip rss2email")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="also time ours with this [digest] base_url (reader links: signed unsubscribe and "
+        "preferences, vote links beside every entry), in the same rounds",
+    )
+    parser.add_argument(
+        "--dkim",
+        action="append",
+        default=[],
+        choices=["rsa-sha256", "ed25519-sha256"],
+        help="also time ours signing with [dkim] (RSA-2048 or Ed25519 key), in the same rounds",
+    )
     args = parser.parse_args()
+    if args.base_url:  # (a throw-away signing key for the reader links; children inherit it)
+        os.environ.setdefault("DIGEST_WEB_SECRET", "bench-signing-key-" + "0123456789" * 4)
     # Our package's bytecode, as an installed package (and rss2email, installed by pip) has it:
     # with PYTHONDONTWRITEBYTECODE set, as on these machines, every run would compile it anew.
     compileall.compile_dir(HERE.parent / "pipeline", quiet=1)
@@ -320,10 +362,22 @@ def main() -> None:
             runs: list[Run] = []
             peer_runs: list[Run] = []
 
-            def one_ours() -> float:
+            keys = {algorithm: dkim_key(work, algorithm) for algorithm in args.dkim}
+            signed_runs: dict[str, list[Run]] = {}
+
+            def one_ours(base_url: str | None = None, algorithm: str | None = None) -> float:
                 before = sink.count()
-                run = ours(work, feed, args.subscribers, sink.port, args.connections, args.render_workers)
-                runs.append(run)
+                run = ours(
+                    work,
+                    feed,
+                    args.subscribers,
+                    sink.port,
+                    args.connections,
+                    args.render_workers,
+                    base_url=base_url,
+                    dkim=(algorithm, keys[algorithm]) if algorithm else None,
+                )
+                (signed_runs.setdefault(algorithm, []) if algorithm else runs).append(run)
                 sent = sink.count() - before
                 if sent != args.subscribers:
                     raise SystemExit(f"ours delivered {sent} of {args.subscribers}:\n{run.output[-2000:]}")
@@ -343,9 +397,13 @@ def main() -> None:
             r2e = None if args.no_peer else peer_venv()
             # In rounds (ours, ceiling, peer; again...): on a machine whose speed drifts (these are
             # shared virtual machines) each ratio then compares runs made close together.
-            seconds: dict[str, list[float]] = {"ours": [], "ceiling": [], "peer": []}
+            seconds: dict[str, list[float]] = {"ours": [], "ceiling": [], "peer": [], "linked": []}
             for _ in range(args.reps):
                 seconds["ours"].append(one_ours())
+                if args.base_url:
+                    seconds["linked"].append(one_ours(args.base_url))
+                for algorithm in args.dkim:
+                    seconds.setdefault(algorithm, []).append(one_ours(algorithm=algorithm))
                 seconds["ceiling"].append(ceiling(messages, sink.port, args.connections))
                 if r2e is not None:
                     seconds["peer"].append(one_peer(r2e))
@@ -363,6 +421,18 @@ def main() -> None:
                     None,
                 ),
             ]
+            if args.base_url:
+                linked = Row("ours, with base_url (reader links)", args.subscribers, seconds["linked"], None)
+                rows.insert(1, linked)
+            for algorithm in args.dkim:
+                rows.append(
+                    Row(
+                        f"ours, DKIM {algorithm}",
+                        args.subscribers,
+                        seconds[algorithm],
+                        max(r.peak_rss_mb for r in signed_runs[algorithm]),
+                    )
+                )
             if r2e is not None:
                 rows.append(
                     Row(
@@ -381,9 +451,15 @@ def main() -> None:
             print(HEADER)
             for row in rows:
                 print(row.line())
-            print(f"\nours / ceiling   = {rows[0].rate / rows[1].rate:.2f}   (target >= 0.75)")
-            if len(rows) > 2:
-                print(f"ours / rss2email = {rows[0].rate / rows[2].rate:.2f}   (target >= 1.5)")
+            ceiling_row = next(r for r in rows if r.name.startswith("ceiling"))
+            print(f"\nours / ceiling   = {rows[0].rate / ceiling_row.rate:.2f}   (target >= 0.75)")
+            if r2e is not None:
+                print(f"ours / rss2email = {rows[0].rate / rows[-1].rate:.2f}   (target >= 1.5)")
+            if args.base_url:
+                print(f"with base_url / without = {rows[1].rate / rows[0].rate:.3f}   (reader links' cost)")
+            for algorithm in args.dkim:
+                slower = statistics.median(seconds[algorithm]) / statistics.median(seconds["ours"])
+                print(f"DKIM {algorithm} / unsigned = {slower:.3f}   (time; target <= 1.15)")
             logged = ours(
                 work, feed, args.subscribers, sink.port, args.connections, args.render_workers, verbose=True
             )

@@ -253,6 +253,7 @@ def config(
     smtp_port: int | None,
     connections: int = 1,
     render_workers: int | None = None,
+    base_url: str | None = None,
     seed: int = 11,
 ) -> Path:
     """Write digest.toml for the benchmark: 20 topics, each subscriber on 3 of them."""
@@ -277,6 +278,7 @@ def config(
         '[digest]\ntitle = "Bench Digest"\ndatabase = "state/digest.db"\nlookback = "3650d"\n'
         "max_entries = 20\n"
         + (f"render_workers = {render_workers}\n" if render_workers is not None else "")
+        + (f'base_url = "{base_url}"\n' if base_url else "")
         + '\n[fetch]\ntimeout = "60s"\n\n'
         f'[[feeds]]\nname = "arxiv"\nurl = "{feed_url}"\n\n{topics}{people}{smtp}'
     )

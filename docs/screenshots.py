@@ -1,23 +1,38 @@
-"""Screenshots of the sample digest in headless Chromium: 600 and 375 px wide, light and dark.
+"""Screenshots of the sample digest and of the reader pages in headless Chromium: 600 and 375 px
+wide, light and dark.
 
 ``make screenshots`` runs this file: it renders Alan's digest from the example configuration
 (``config/digest.toml``, its sample feeds, a fixed date, a throw-away database) and writes
-``docs/digest-{600,375}-{light,dark}.png``. Chromium is the Debian package ``chromium``; it is
-driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``), so nothing but the
-standard library is needed. The tests use ``Chromium`` and ``measure`` to check the layout.
+``docs/digest-{600,375}-{light,dark}.png``; then it starts a real ``digest serve`` on a free
+port over a copy of that config (sign-up on) and writes ``docs/web-PAGE-{600,375}-{light,dark}.png``
+for the preferences, unsubscribe, vote, archive and sign-up pages (``python docs/screenshots.py
+web``: only those). Chromium is the Debian package ``chromium``; it is driven over the DevTools
+protocol on a pipe (``--remote-debugging-pipe``), so nothing but the standard library is needed.
+The tests use ``Chromium`` and ``measure`` to check the layout (the web pages' form tests use
+selenium and chromedriver instead, each with its own browser: tests/web/test_web_browser.py).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import email
+import email.policy
+import html
 import itertools
 import json
 import os
+import re
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -139,8 +154,8 @@ class Chromium:
                     return
             self._events.append(self._read())
 
-    def open(self, path: Path, *, width: int, dark: bool) -> str:
-        """Load a file in a new tab of this width and colour scheme; return the session id."""
+    def open(self, path: Path | str, *, width: int, dark: bool) -> str:
+        """Load a file (or a URL) in a new tab of this width and colour scheme; return the session id."""
         target = self.send("Target.createTarget", url="about:blank")["targetId"]
         session = str(self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"])
         self.send("Page.enable", session)
@@ -157,7 +172,8 @@ class Chromium:
             session,
             features=[{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}],
         )
-        self.send("Page.navigate", session, url=path.resolve().as_uri())
+        url = path if isinstance(path, str) else path.resolve().as_uri()
+        self.send("Page.navigate", session, url=url)
         self.wait_for("Page.loadEventFired", session)
         return session
 
@@ -204,18 +220,138 @@ def sample_html(folder: Path, subscriber: str = "alan@example.org") -> Path:
 def main() -> None:
     if chromium_path() is None:
         sys.exit("chromium is not installed: apt-get install -y chromium (Debian package)")
+    only_web = sys.argv[1:] == ["web"]
     with tempfile.TemporaryDirectory() as tmp, Chromium() as browser:
-        html = sample_html(Path(tmp))
-        for width, scheme in itertools.product(WIDTHS, SCHEMES):
-            session = browser.open(html, width=width, dark=scheme == "dark")
-            page = browser.measure(session)
-            out = ROOT / "docs" / f"digest-{width}-{scheme}.png"
-            browser.screenshot(session, out, width=width, height=min(page["height"], CLIP_HEIGHT))
-            overflow = page["scrollWidth"] > page["viewport"]
-            print(
-                f"{out.relative_to(ROOT)}: {width} px {scheme}, page {page['height']} px tall, "
-                f"{len(page['titles'])} entries, horizontal overflow: {'YES' if overflow else 'no'}"
-            )
+        if not only_web:
+            digest_screenshots(browser, Path(tmp))
+        web_screenshots(browser, Path(tmp) / "web")
+
+
+def digest_screenshots(browser: Chromium, folder: Path) -> None:
+    """``docs/digest-{600,375}-{light,dark}.png``: Alan's sample digest."""
+    html = sample_html(folder)
+    for width, scheme in itertools.product(WIDTHS, SCHEMES):
+        session = browser.open(html, width=width, dark=scheme == "dark")
+        page = browser.measure(session)
+        out = ROOT / "docs" / f"digest-{width}-{scheme}.png"
+        browser.screenshot(session, out, width=width, height=min(page["height"], CLIP_HEIGHT))
+        overflow = page["scrollWidth"] > page["viewport"]
+        print(
+            f"{out.relative_to(ROOT)}: {width} px {scheme}, page {page['height']} px tall, "
+            f"{len(page['titles'])} entries, horizontal overflow: {'YES' if overflow else 'no'}"
+        )
+
+
+# --- the reader pages of `digest serve` ----------------------------------------------------------
+# A real `digest serve` on a free loopback port, over a copy of the example config (its feeds,
+# a throw-away database and outbox, [web] signup on); one `digest send` first, so that the
+# archive and the vote links have a digest to show. Pages a build does not have yet (404) are
+# left out, and said so.
+
+WEB_PAGES = ("preferences", "unsubscribe", "vote", "archive", "signup")
+WEB_CLIP_HEIGHT = 1400
+DEMO_READER = "ada@example.org"
+# Down to the page's card and the body's margin below it, not the whole (taller) window: smaller files.
+PAGE_BOTTOM = """Math.ceil(document.querySelector('main').getBoundingClientRect().bottom
+  + parseFloat(getComputedStyle(document.body).paddingBottom))"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _digest(config: Path, env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(config), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    if done.returncode != 0:
+        sys.exit(f"digest {' '.join(args)} failed: {done.stdout}{done.stderr}")
+    return done.stdout
+
+
+@contextlib.contextmanager
+def demo_server(folder: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """A real ``digest serve`` over the demo config in ``folder``: its base URL, config, environment."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{_free_port()}"
+    text = (ROOT / "config" / "digest.toml").read_text(encoding="utf-8")
+    text = text.replace('database = "state/digest.db"', f'database = "{folder / "digest.db"}"')
+    text = text.replace('maildir = "outbox"', f'maildir = "{folder / "outbox"}"')
+    text = text.replace('url = "feeds/', f'url = "{ROOT / "config" / "feeds"}/')
+    text = text.replace("\n[fetch]\n", f'base_url = "{base}"\n\n[fetch]\n', 1) + "\n[web]\nsignup = true\n"
+    config = folder / "digest.toml"
+    config.write_text(text, encoding="utf-8")
+    env = {**os.environ, "DIGEST_WEB_SECRET": secrets.token_urlsafe(32), "PYTHONPATH": str(ROOT)}
+    _digest(config, env, "send")
+    port = base.rpartition(":")[2]
+    command = [sys.executable, "-m", "pipeline.cli", "--config", str(config), "serve", "--port", port]
+    server = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while _status(base + "/") != 200:
+            if server.poll() is not None or time.monotonic() > deadline:
+                err = server.stderr.read().decode(errors="replace") if server.stderr else ""
+                sys.exit(f"digest serve did not start: {err}")
+            time.sleep(0.1)
+        yield base, config, env
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def web_urls(base: str, config: Path, env: dict[str, str], outbox: Path) -> dict[str, str]:
+    """The demo reader's page URLs: from ``digest links`` and from the digest they were sent."""
+    printed = _digest(config, env, "links", "--subscriber", DEMO_READER)
+    urls = dict(re.findall(r"^(\w+):\s+(\S+)$", printed, re.M))
+    urls["signup"] = base + "/signup"
+    for file in sorted((outbox / "new").iterdir()):
+        message = email.message_from_bytes(file.read_bytes(), policy=email.policy.default)
+        if DEMO_READER in str(message["To"]):
+            part = message.get_body(("html",))  # type: ignore[attr-defined]
+            votes = re.findall(re.escape(base) + r'/v/[^"\s]+', part.get_content() if part else "")
+            if votes:
+                urls["vote"] = html.unescape(votes[-1])
+    return {page: urls[page] for page in WEB_PAGES if page in urls}
+
+
+def web_screenshots(browser: Chromium, folder: Path) -> None:
+    """``docs/web-PAGE-{600,375}-{light,dark}.png`` of every reader page the app serves."""
+    with demo_server(folder) as (base, config, env):
+        urls = web_urls(base, config, env, folder / "outbox")
+        for name in WEB_PAGES:
+            url = urls.get(name)
+            if url is None or _status(url) != 200:
+                print(f"web page {name}: not served by this build (skipped)")
+                continue
+            for width, scheme in itertools.product(WIDTHS, SCHEMES):
+                session = browser.open(url, width=width, dark=scheme == "dark")
+                page = browser.measure(session)
+                found = browser.send("Runtime.evaluate", session, expression=PAGE_BOTTOM, returnByValue=True)
+                height = min(int(found["result"]["value"]), page["height"], WEB_CLIP_HEIGHT)
+                out = ROOT / "docs" / f"web-{name}-{width}-{scheme}.png"
+                browser.screenshot(session, out, width=width, height=height)
+                overflow = page["scrollWidth"] > page["viewport"]
+                print(
+                    f"{out.relative_to(ROOT)}: {width} px {scheme}, page {page['height']} px tall, "
+                    f"{out.stat().st_size // 1024} KB, horizontal overflow: {'YES' if overflow else 'no'}"
+                )
 
 
 if __name__ == "__main__":

@@ -24,14 +24,18 @@ from datetime import UTC, datetime
 from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, SMTPUTF8
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 from functools import lru_cache
+from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
 from .config import Settings
 from .models import Digest, OutgoingMessage, RenderedDigest
 from .text import clean_text
+
+if TYPE_CHECKING:
+    from .sign import DkimSigner
 
 SUBJECT_LIMIT = 200
 NAME_LIMIT = 100
@@ -199,41 +203,78 @@ def _soft_breaks(qp: bytes) -> bytes:
         start = cut
 
 
-def _encoded_parts(parts: tuple[str, ...], whole: str) -> bytes:
-    """``quoted_printable(whole)``, from the encodings of its line-aligned parts (cached).
+def _encoded_parts(parts: tuple[str, ...], whole: str, token: str = "") -> list[bytes]:
+    """``quoted_printable(whole)``, from the encodings of its parts (cached), as the list of
+    those encodings (whose join it is: a signer hashes shared ones once).
 
     Encoding is line by line, so the encodings of parts that end at line ends join into the
-    encoding of the whole; a part shared by many emails is one object, hashed once. Parts
-    that are not line-aligned, or do not add up to ``whole``, are ignored.
+    encoding of the whole; a part shared by many emails is one object, hashed once. A part
+    that ends mid-line is encoded with a soft line break after it (``=`` CRLF, which decoding
+    removes), so that what follows starts a line of the encoding: its encoding is the same
+    in every email, whatever precedes it. Parts must add up to ``whole`` (as ``RenderedDigest``
+    says); parts whose first or last is not its start or end are ignored.
+
+    ``token`` (the reader's own link token, see ``RenderedDigest``) is such a part, inside
+    shared lines: it is this email's own, encoded once here and never kept.
     """
     cache = _qp_parts
     if _qp_size["parts"] > _QP_PARTS_BYTES:
         cache.clear()
         _qp_size["parts"] = 0
-    out = []
-    size = 0
-    last = len(parts) - 1
-    for i, part in enumerate(parts):
-        if i < last and part and part[-1] != "\n":
-            return quoted_printable(whole)
-        shared = 0 < i < last  # the first and last parts are the email's own head and foot
-        encoded = cache.get(part) if shared else None
-        if encoded is None:
-            encoded = quoted_printable(part)
-            if shared:
+    # (the renderer makes ``whole`` by joining the parts; a first or last part that is not its
+    # start or end means parts from elsewhere: a sum of their lengths costs 30 ns a part)
+    if len(parts) < 2 or not (whole.startswith(parts[0]) and whole.endswith(parts[-1])):
+        return [quoted_printable(whole)]
+    own = bool(token) and token not in cache
+    if own:  # (found by the look-ups below like a shared part, then taken out again)
+        cache[token] = _open_line(_soft_breaks(binascii.b2a_qp(token.encode("utf-8"), istext=False)))
+    try:
+        middle = list(map(cache.get, parts[1:-1]))  # (one look-up per part, in C: most are there)
+    finally:
+        if own:
+            del cache[token]
+    if None in middle:  # (new parts: the first emails of a run)
+        for i, encoded in enumerate(middle):
+            if encoded is None:
+                part = parts[i + 1]
+                encoded = middle[i] = _encoded_part(part)
                 cache[part] = encoded
                 _qp_size["parts"] += len(encoded) + len(part)
-        out.append(encoded)
-        size += len(part)
-    return b"".join(out) if parts and size == len(whole) else quoted_printable(whole)
+    # the first and last parts are the email's own head and foot
+    return [_encoded_part(parts[0]), *cast("list[bytes]", middle), quoted_printable(parts[-1])]
 
 
-def _part(subtype: str, body: str, parts: tuple[str, ...]) -> bytes:
-    encoded = _encoded_parts(parts, body)
-    return (
-        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-    ).encode("ascii") + encoded
+def _encoded_part(part: str) -> bytes:
+    """A part's encoding; a part that ends mid-line is followed by a soft line break."""
+    encoded = quoted_printable(part)
+    return encoded if not part or part[-1] == "\n" else _open_line(encoded)
+
+
+def _open_line(encoded: bytes) -> bytes:
+    """Encoded text followed by a soft line break: its last line cut, if need be, so that
+    the ``=`` still fits in 76 characters (never inside an ``=XX``; never before a dot)."""
+    start = encoded.rfind(b"\n") + 1
+    if len(encoded) - start <= 75:
+        return encoded + b"=\r\n"
+    cut = start + 75
+    if encoded[cut - 1] == ord("="):
+        cut -= 1
+    elif encoded[cut - 2] == ord("="):
+        cut -= 2
+    rest = encoded[cut:]
+    if rest.startswith(b"."):  # (no line starts with a dot: see _soft_breaks)
+        rest = b"=2E" + rest[1:]
+    return encoded[:cut] + b"=\r\n" + rest + b"=\r\n"
+
+
+def _part(subtype: str, body: str, parts: tuple[str, ...], token: str = "") -> list[bytes]:
+    return [
+        (
+            f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        ).encode("ascii"),
+        *_encoded_parts(parts, body, token),
+    ]
 
 
 # --- the message -----------------------------------------------------------------------------------
@@ -247,8 +288,10 @@ def compose_message(
     list_id: str,
     unsubscribe: list[str],
     one_click: bool = False,
+    signer: DkimSigner | None = None,
 ) -> OutgoingMessage:
-    """The message for one subscriber: one recipient, multipart/alternative (text, then HTML)."""
+    """The message for one subscriber: one recipient, multipart/alternative (text, then HTML);
+    with a ``signer``, DKIM-signed once everything else is final."""
     sender_addr, from_header = _sender(sender)
     recipient = "".join(clean_text(digest.subscriber).split())
     headers = [
@@ -270,24 +313,29 @@ def compose_message(
     ]
     # An internationalised address is written as UTF-8 (RFC 6532); it needs an SMTPUTF8 server.
     head = "".join(f"{name}: {value}\r\n" for name, value in headers).encode("utf-8")
-    delimiter = f"\r\n--{boundary}\r\n".encode("ascii")
-    data = b"".join(
-        [
-            head,
-            b"\r\n",  # no preamble: the first delimiter follows the blank line
-            f"--{boundary}\r\n".encode("ascii"),
-            _part("plain", rendered.text, rendered.text_parts),
-            delimiter,
-            _part("html", rendered.html, rendered.html_parts),
-            f"\r\n--{boundary}--\r\n".encode("ascii"),
-        ]
-    )
+    delimiter = f"--{boundary}\r\n".encode("ascii")
+    text = _part("plain", rendered.text, rendered.text_parts, rendered.token)
+    html = _part("html", rendered.html, rendered.html_parts, rendered.token)
+    # The body in pieces that end at line ends (a signer canonicalises shared ones once); no
+    # preamble: the first delimiter follows the blank line.
+    body = [
+        delimiter + text[0],
+        *text[1:-1],
+        text[-1] + CRLF + delimiter + html[0],
+        *html[1:-1],
+        html[-1] + f"\r\n--{boundary}--\r\n".encode("ascii"),
+    ]
+    signature = signer.signature(head.removesuffix(CRLF), body) if signer is not None else b""
+    data = b"".join([signature, head, CRLF, *body])
     # (canonical by construction: lines are cut and quoted-printable encoded here, a leading dot as =2E)
     return OutgoingMessage(sender_addr, recipient, digest.message_id, data, canonical=True)
 
 
-def digest_message(settings: Settings, digest: Digest, rendered: RenderedDigest) -> OutgoingMessage:
-    """The email of one digest, with the list headers its settings call for."""
+def digest_message(
+    settings: Settings, digest: Digest, rendered: RenderedDigest, signer: DkimSigner | None = None
+) -> OutgoingMessage:
+    """The email of one digest, with the list headers its settings call for (and signed by
+    ``signer``, the one ``[dkim]`` describes: :func:`pipeline.sign.load_signer`)."""
     return compose_message(
         digest,
         rendered,
@@ -295,6 +343,7 @@ def digest_message(settings: Settings, digest: Digest, rendered: RenderedDigest)
         list_id=settings.list_id,
         unsubscribe=settings.unsubscribe_links(digest.subscriber),
         one_click=bool(settings.digest.base_url),
+        signer=signer,
     )
 
 
@@ -354,3 +403,33 @@ def feed_alert(
 
 def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if value else "-"
+
+
+# --- web sign-up confirmations ([web] signup, pipeline/web/signup.py) ------------------------------
+# The recipient is an address someone typed into a web form: it was validated as an address,
+# and loses control characters and white space here all the same. Nothing else of the form
+# reaches a header.
+
+
+def signup_message(
+    *, sender: str, list_id: str, recipient: str, subject: str, text: str, now: datetime
+) -> OutgoingMessage:
+    """A plain-text email about a sign-up (its confirmation link), from the digest's sender,
+    with its List-Id (RFC 2919) like a digest, to one recipient."""
+    recipient = "".join(clean_text(recipient).split())
+    # (an internationalised address is written as UTF-8, RFC 6532, as a digest's is)
+    msg = EmailMessage(policy=SMTP if recipient.isascii() else SMTPUTF8)
+    sender_name, sender_addr = parseaddr(clean_text(sender))
+    msg["From"] = Address(header_text(sender_name, NAME_LIMIT), addr_spec=sender_addr)
+    msg["To"] = Address(addr_spec=recipient)
+    msg["Subject"] = header_text(subject, SUBJECT_LIMIT)
+    msg["Date"] = format_datetime(now)
+    domain = sender_addr.rpartition("@")[2] or "localhost"
+    message_id = make_msgid(idstring="signup", domain=domain)
+    msg["Message-ID"] = message_id
+    msg["List-Id"] = header_text(list_id, 2 * NAME_LIMIT)
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no autoreplies
+    msg.set_content(text, cte="quoted-printable")
+    return OutgoingMessage(
+        sender=sender_addr, recipient=recipient, message_id=message_id, data=msg.as_bytes()
+    )

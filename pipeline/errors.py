@@ -85,6 +85,7 @@ class DeliveryError(DigestError):
     nothing can go until someone fixes it, so the run stops and the digests stay pending.
     ``after_data`` says the connection was lost after the whole message was sent: the server
     may have stored it (RFC 1047), so it is not sent again within the run.
+    ``recipient`` says the server refused the recipient at RCPT (a bounce of that address).
     """
 
     def __init__(
@@ -96,9 +97,11 @@ class DeliveryError(DigestError):
         connection: bool = False,
         operator: bool = False,
         after_data: bool = False,
+        recipient: bool = False,
     ) -> None:
         super().__init__(message)
         self.transient = transient
+        self.recipient = recipient
         self.code = code
         self.connection = connection or operator
         self.operator = operator
@@ -107,3 +110,15 @@ class DeliveryError(DigestError):
 
 class ScheduleError(DigestError):
     """The scheduler cannot start or run."""
+
+
+class BounceError(DigestError):
+    """A bounce cannot be read, or the bounce mailbox cannot be used."""
+
+
+class WebError(DigestError):
+    """The web face (``digest serve``) cannot start, or a link cannot be signed."""
+
+
+class WorkerError(DigestError):
+    """``digest worker`` cannot start or run (not PostgreSQL, the task engine's schema)."""

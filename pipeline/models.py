@@ -122,6 +122,8 @@ class RenderedDigest:
     ``html_parts`` / ``text_parts``, when given, are the same text cut into pieces at line
     ends (every piece but the last ends with a newline); the pieces between the first and
     the last are shared by many emails (the same objects), so ``compose`` encodes each once.
+    The one exception is ``token``, the reader's own link token: the parts hold that very
+    object where it goes inside shared lines (vote links), and the part before it ends there.
     """
 
     subject: str
@@ -129,6 +131,7 @@ class RenderedDigest:
     text: str
     html_parts: tuple[str, ...] = ()
     text_parts: tuple[str, ...] = ()
+    token: str = ""
 
 
 @dataclass(frozen=True, slots=True)

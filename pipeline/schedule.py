@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -160,10 +160,14 @@ def last_fire(trigger: BaseTrigger, now: datetime, since: datetime) -> datetime 
     return low
 
 
-def next_fire_times(settings: Settings, now: datetime | None = None) -> dict[str, datetime | None]:
-    """Each subscriber's next scheduled digest, from the same triggers ``digest run`` uses."""
+def next_fire_times(
+    settings: Settings, now: datetime | None = None, subscribers: Sequence[SubscriberConfig] | None = None
+) -> dict[str, datetime | None]:
+    """Each subscriber's next scheduled digest, from the same triggers ``digest run`` uses
+    (``subscribers``: as they chose, from :func:`pipeline.run.audience`; else the config's)."""
     now = now or datetime.now(UTC)
-    return {sub.email: next_fire(subscriber_trigger(settings, sub), now) for sub in settings.subscribers}
+    chosen = settings.subscribers if subscribers is None else subscribers
+    return {sub.email: next_fire(subscriber_trigger(settings, sub), now) for sub in chosen}
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -197,6 +201,7 @@ class Scheduler:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self.jobs: dict[str, _JobSpec] = {}
+        self.applying = threading.Lock()
 
     # jobs ----------------------------------------------------------------------------------
 
@@ -206,13 +211,21 @@ class Scheduler:
             if self.stop.is_set():
                 return
             settings = self.settings
-            subscriber = settings.subscriber(email)
-            if subscriber is None:
-                return
             now = self.clock()
+            # As the reader chose on the web (their schedule, topics; unsubscribed or paused).
+            found = next((r for r in run.readers(settings, self.store, now) if r.config.email == email), None)
+            if found is None:
+                return
+            subscriber = found.subscriber
             served = run.last_served(self.store, subscriber.email)
             due = last_fire(subscriber_trigger(settings, subscriber), now, served or now - LOOKBACK_LIMIT)
             if due is None or (served is not None and due <= served):
+                return
+            if found.excluded is not None:
+                # Unsubscribed or paused: this time is skipped, not owed (a pause that ends
+                # brings the next scheduled digest, not one at once for the missed times).
+                run.mark_served(self.store, subscriber.email, due)
+                log.info("digest to=%s skipped=%s", email, found.excluded)
                 return
             if served is None:
                 # First sight of this subscriber: their first digest comes at their next
@@ -247,9 +260,27 @@ class Scheduler:
             except DigestError as exc:
                 log.error("outbox error=%r", str(exc))
 
+    def read_bounces(self) -> None:
+        """Read the [bounces] mailbox once (as ``digest bounces`` does)."""
+        with self.busy:
+            if self.stop.is_set() or self.settings.bounces is None:
+                return
+            try:
+                run.read_bounces(self.settings, self.store, clock=self.clock)
+            except DigestError as exc:
+                log.error("bounces error=%r", str(exc))
+
     def watchdog(self) -> None:
-        """Serve every subscriber whose scheduled time passed unserved (sleep, clock jumps)."""
-        for subscriber in list(self.settings.subscribers):
+        """Follow schedules readers changed on the web, then serve every subscriber whose
+        scheduled time passed unserved (sleep, clock jumps)."""
+        try:
+            changes = self._apply(self._specs(self.settings))
+        except DigestError as exc:
+            log.error("reading readers' choices error=%r", str(exc))
+            changes = []
+        if changes:
+            log.info("readers' choices followed: %s", "; ".join(changes))
+        for subscriber in run.listed(self.settings, self.store):  # (web sign-ups too)
             if self.stop.is_set():
                 return
             self.serve(subscriber.email)
@@ -264,17 +295,29 @@ class Scheduler:
             specs[f"feed:{feed.name}"] = _JobSpec(
                 self.fetch_feed, trigger, (feed.name,), f"every {seconds:g}s"
             )
-        for sub in settings.subscribers:
+        # Each reader's own schedule (digest serve); ``serve`` skips those who get nothing now.
+        for found in run.readers(settings, self.store, self.clock()):
+            sub = found.subscriber
             zone = settings.zone_of(sub)
             specs[f"digest:{sub.email}"] = _JobSpec(
                 self.serve, trigger_for(sub.schedule, zone), (sub.email,), f"{sub.schedule} {zone}"
             )
         specs["watchdog"] = _JobSpec(self.watchdog, IntervalTrigger(seconds=WATCHDOG_EVERY), (), "")
         specs["outbox"] = _JobSpec(self.deliver_outbox, IntervalTrigger(seconds=OUTBOX_EVERY), (), "")
+        bounces = settings.bounces
+        if bounces is not None and (bounces.imap_host or bounces.maildir):
+            seconds = bounces.every.total_seconds()
+            specs["bounces"] = _JobSpec(
+                self.read_bounces, IntervalTrigger(seconds=seconds), (), f"every {seconds:g}s"
+            )
         return specs
 
     def _apply(self, specs: dict[str, _JobSpec], *, first: bool = False) -> list[str]:
         """Make the scheduler's jobs match ``specs``; return what changed."""
+        with self.applying:  # (the watchdog's thread and a reload in the main one)
+            return self._apply_jobs(specs, first=first)
+
+    def _apply_jobs(self, specs: dict[str, _JobSpec], *, first: bool) -> list[str]:
         changes = []
         for job_id in set(self.jobs) - set(specs):
             self.aps.remove_job(job_id)
@@ -333,7 +376,8 @@ class Scheduler:
                 len(self.settings.subscribers),
                 os.getpid(),
             )
-            for sub, when in next_fire_times(self.settings, self.clock()).items():
+            chosen = run.audience(self.settings, self.store, self.clock())
+            for sub, when in next_fire_times(self.settings, self.clock(), chosen).items():
                 log.info("digest to=%s next=%s", sub, _iso(when))
             self.aps.add_job(self.watchdog, id="catch-up", next_run_time=self.clock())  # at start
             renewed = time.monotonic()

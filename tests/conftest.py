@@ -718,3 +718,86 @@ def smtp_authenticator(
         and auth_data.password == b"s3cret"
     )
     return AuthResult(success=ok, handled=False)  # handled=False: the server replies 535 itself
+
+
+# --- digest serve as a real process (tests/web_server.py) ------------------------------------
+
+
+@pytest.fixture
+def web_server() -> Iterator[Any]:
+    """Start ``digest serve`` processes on a free port: put ``web_server.base_url`` in the
+    config's ``[digest] base_url``, then ``web_server.start(config)`` (see tests/web_server.py)."""
+    from web_server import WebServers
+
+    servers = WebServers()
+    try:
+        yield servers
+    finally:
+        servers.stop_all()
+
+
+# --- a private PostgreSQL server (Debian's initdb), as tests/store/test_postgres.py starts it ---
+
+POSTGRES_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
+@contextmanager
+def running_postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a loopback port for the block; yields its base URL
+    (``postgresql+psycopg://digest@127.0.0.1:PORT``). Skips the test without the binaries."""
+    import importlib.util
+    import shutil
+    import tempfile
+
+    if not POSTGRES_BIN or importlib.util.find_spec("psycopg") is None:
+        pytest.skip("PostgreSQL server binaries or psycopg not installed")
+    bindir = POSTGRES_BIN[-1].parent
+    # Not under pytest's tmp folder: the postgres account cannot enter root's private folders.
+    base = Path(tempfile.mkdtemp(prefix="digest-pg-"))
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # (it refuses root)
+    if prefix:
+        shutil.chown(base, "postgres")
+    port, data = free_port(), base / "data"
+    subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "digest"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-k {base} -h 127.0.0.1 -p {port} -c fsync=off -c max_connections=200"
+    pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
+    start = [*pg_ctl, "-w", "-l", str(base / "log"), "-o", options, "start"]
+    subprocess.run(start, check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://digest@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def new_postgres_database(server: str) -> str:
+    """A fresh, empty database on a ``running_postgres`` server; its URL."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"t{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{server}/{name}"
+
+
+# --- bounces: DSN fixtures made for a real delivery (tests/bounces/) ------------------------------
+
+BOUNCE_FIXTURES = Path(__file__).parent / "bounces" / "fixtures"
+
+
+def bounce_from_fixture(name: str, *, verp: str, recipient: str, message_id: str) -> bytes:
+    """The bounce fixture ``name`` (tests/bounces/fixtures/NAME.eml) as it would come back from
+    one delivery: to its envelope sender ``verp``, about ``recipient``, returning ``message_id``;
+    with CRLF line ends, as IMAP carries mail."""
+    text = (BOUNCE_FIXTURES / f"{name}.eml").read_bytes()
+    for key, value in (("{VERP}", verp), ("{RECIPIENT}", recipient), ("{MESSAGE_ID}", message_id)):
+        text = text.replace(key.encode(), value.encode())
+    return re.sub(rb"\r?\n", b"\r\n", text)

@@ -25,6 +25,7 @@ from pipeline.compose import digest_message
 from pipeline.config import Settings
 from pipeline.deliver import MaildirTransport, SmtpTransport
 from pipeline.models import Digest, OutgoingMessage, RenderedDigest
+from pipeline.web.tokens import Signer
 
 ISSUE_TITLE = "Résumé hebdomadaire des nouveaux articles de recherche"
 ISSUE_SLUG = "resume-hebdomadaire-des-nouveaux-articles-de-recherche"
@@ -233,15 +234,17 @@ def test_list_unsubscribe_mailto_names_the_subscriber_as_the_footer_does(
 
 
 def test_list_unsubscribe_with_a_base_url_has_both_and_the_mailto_names_the_subscriber(
-    cli: Callable[..., Result], tmp_path: Path, smtp_server: SmtpServer
+    cli: Callable[..., Result], tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("DIGEST_WEB_SECRET", "k" * 32)
     config = _config(
         tmp_path, "T", smtp_section(smtp_server), digest='base_url = "https://digest.example.net"'
     )
     assert cli("--config", config, "send").exit_code == 0
     (message,) = smtp_server.handler.messages
+    token = Signer(b"k" * 32).token("unsubscribe", "user0@example.org")
     assert str(message["List-Unsubscribe"]).strip() == (
-        "<https://digest.example.net/unsubscribe?email=user0%40example.org>, "
+        f"<https://digest.example.net/u/{token}>, "
         "<mailto:digest@example.net?subject=unsubscribe%20user0%40example.org>"
     )
 

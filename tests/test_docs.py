@@ -11,13 +11,17 @@ from pydantic import BaseModel
 
 from pipeline.cli import main as cli
 from pipeline.config import (
+    BouncesSection,
     DigestSection,
+    DkimSection,
     FeedConfig,
     FetchSection,
     OutboxSection,
     SmtpSection,
     SubscriberConfig,
     TopicConfig,
+    WebSection,
+    WorkerSection,
 )
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -30,6 +34,10 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "[[feeds]]": FeedConfig,
     "[topics.NAME]": TopicConfig,
     "[[subscribers]]": SubscriberConfig,
+    "[worker]": WorkerSection,
+    "[bounces]": BouncesSection,
+    "[web]": WebSection,
+    "[dkim]": DkimSection,
 }
 
 

@@ -11,7 +11,7 @@ Verbs import ``run`` (with SQLAlchemy and httpx) when they run: ``send`` starts 
 
 from __future__ import annotations
 
-from . import inspecting, running, sending
+from . import bounces, dkim, inspecting, running, sending, web, worker
 from .base import main
 
-__all__ = ["inspecting", "main", "running", "sending"]
+__all__ = ["bounces", "dkim", "inspecting", "main", "running", "sending", "web", "worker"]

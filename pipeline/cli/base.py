@@ -183,6 +183,9 @@ def main(ctx: click.Context, config: str | None, verbose: int, quiet: bool) -> N
       digest match --explain 2611.03377         why an entry matched or did not
       digest preview -s ada@example.org --open  the next digest, in a browser
       digest run                                send on each subscriber's schedule
+      digest worker                             one of N workers on PostgreSQL
+      digest serve                              readers' links: unsubscribe, prefs
+      digest links -s ada@example.org           a reader's signed links
     """
     setup_logging(verbose, quiet)
     fit_consoles()

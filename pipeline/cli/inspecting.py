@@ -12,17 +12,19 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from ..config import config_path, format_duration, parse_duration
+from ..config import Settings, config_path, format_duration, parse_duration
 from ..errors import DigestError
 from ..match import Explanation, TermCheck
 from ..models import Entry
 
 if TYPE_CHECKING:
     from .. import run
-    from ..run.inspection import SchedulerStatus
-    from ..store import FeedState
+    from ..run.inspection import SchedulerStatus, WorkersStatus
+    from ..store import FeedState, Vote
 
 from .base import Context, config_problems, fail, handle_errors, main, out, when
+from .dkim import print_dkim
+from .web import reader_note
 from .words import plural
 
 
@@ -48,6 +50,33 @@ def check(ctx: Context) -> None:
         f"delivery: {delivery})",
         markup=False,
     )
+    print_dkim(settings)
+    _print_unsubscribed(ctx, settings)
+
+
+def _print_unsubscribed(ctx: Context, settings: Settings) -> None:
+    """Note the config's subscribers who unsubscribed on the web (the state database wins)."""
+    from .. import run
+    from ..store.sqlite import sqlite_file
+
+    file = sqlite_file(settings.digest.database_url)
+    if file is not None and not file.exists():
+        return  # (check never creates the state database)
+    try:
+        with ctx.store(settings) as store:
+            found = run.excluded_readers(settings, store, datetime.now(UTC))
+    except DigestError:
+        return  # (check is about the config; status reports the database's problems)
+    for reader in found:
+        choices = reader.choices
+        if choices is not None and choices.unsubscribed_at is not None:
+            zone = settings.zone_of(reader.config)
+            note = reader_note(choices.unsubscribed_at, choices.unsubscribed_via, None, zone)
+            out.print(
+                f"note: {reader.config.email} {note}: still in the config, but gets no digests "
+                "(they can subscribe again from their preferences page)",
+                markup=False,
+            )
 
 
 @main.command()
@@ -152,6 +181,7 @@ def match_command(
                 settings, store, explain, topics=topics, subscriber=subscriber
             )
             _print_explanations(entry, explanations)
+            _print_votes(run.entry_votes(store, entry, subscriber=subscriber))
             return
         found = run.find_matches(settings, store, topics=topics, subscriber=subscriber, since=since)
     for topic in found:
@@ -206,6 +236,22 @@ def _print_explanations(entry: Entry, explanations: list[Explanation]) -> None:
         out.print(f"  feeds: {where}", markup=False)
 
 
+def _print_votes(votes: Sequence[Vote]) -> None:
+    """Readers' "more / less like this" on the entry (``digest serve``'s vote links)."""
+    more = [v.subscriber for v in votes if v.vote == "more"]
+    less = [v.subscriber for v in votes if v.vote == "less"]
+    out.print("", markup=False)
+    if not votes:
+        out.print("votes: none", markup=False)
+        return
+    out.print(f"votes: {len(more)} more like this, {len(less)} less like this", markup=False)
+    for label, who in (("more", more), ("less", less)):
+        if who:
+            out.print(f"  {label}: {', '.join(who)}", markup=False)
+    if less:
+        out.print("  (a less like this hides the entry's later edits from that reader)", markup=False)
+
+
 def _verdict(e: Explanation) -> str:
     """The outcome for one topic: "rl: match, score 5 (RL, bandit)" or "rl: no match: why"."""
     if e.matched:
@@ -239,12 +285,20 @@ def status(ctx: Context) -> None:
     from ..schedule import next_fire_times
 
     settings = ctx.settings()
+    now = datetime.now(UTC)
     with ctx.store(settings) as store:
         report = run.status(settings, store)
-    now = datetime.now(UTC)
+        chosen = run.audience(settings, store, now)  # (their own schedules, from the web)
     _print_feed_states(report.feeds, now)
-    _print_subscribers(report.subscribers, next_fire_times(settings, now))
+    next_at = next_fire_times(settings, now, chosen)
+    for email in next_at:  # (a suppressed subscriber has no next digest: "-", and a note says why)
+        if email.lower() in report.suppressed:
+            next_at[email] = None
+    _print_subscribers(report.subscribers, next_at)
+    _print_suppressed(report)
     _print_scheduler(report.scheduler)
+    if report.workers is not None:
+        _print_workers(report.workers, now)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report.deliveries.items())) or "empty"
     out.print(f"Outbox: {counts}", markup=False)
     for row in report.unfinished:
@@ -348,17 +402,29 @@ def _print_subscribers(
 ) -> None:
     rows = [
         (
-            s.email,
-            ", ".join(s.topics),
-            s.schedule,
+            s.email + (" (sign-up)" if s.signed_up_at else ""),
+            ", ".join(s.topics) + (" (web)" if "topics" in s.chosen else ""),
+            s.schedule + (" (web)" if "schedule" in s.chosen else ""),
             when(s.last_digest_at, s.zone),
             str(s.pending_entries),
-            when(next_at.get(s.email), s.zone),
+            reader_note(s.unsubscribed_at, s.unsubscribed_via, s.paused_until, s.zone)
+            or when(next_at.get(s.email), s.zone),
         )
         for s in subscribers
     ]
     table, _ = _fitted("Subscribers", SUBSCRIBER_COLUMNS, rows)
     out.print(table, markup=False)
+    if any(s.chosen for s in subscribers):
+        _note("(web): the reader's own choice, on their preferences page; it wins over the config")
+    signed_up = sum(1 for s in subscribers if s.signed_up_at)
+    if signed_up:
+        _note(f"(sign-up): {plural(signed_up, 'subscriber')} signed up on the web ([web] signup)")
+    voted = [s for s in subscribers if s.votes.more or s.votes.less]
+    if voted:
+        _note(
+            "votes (more / less like this): "
+            + "; ".join(f"{s.email} {s.votes.more} / {s.votes.less}" for s in voted)
+        )
 
 
 def _print_scheduler(scheduler: SchedulerStatus) -> None:
@@ -368,3 +434,42 @@ def _print_scheduler(scheduler: SchedulerStatus) -> None:
         last = f"; last held by {scheduler.holder} until {when(scheduler.until)}" if scheduler.holder else ""
         line = f"Scheduler: not running{last} (the next digest times are when digest run would send)"
     out.print(Text(line), soft_wrap=False)
+
+
+def _print_workers(workers: WorkersStatus, now: datetime) -> None:
+    """digest worker: the live workers, those gone silent, and the task engine's jobs."""
+    lease = format_duration(workers.lease)
+    line = (
+        f"Workers: {len(workers.alive)} alive (lease {lease}: "
+        "a dead worker's digests go out again after it, from any other)"
+    )
+    out.print(Text(line), soft_wrap=False)
+    for w in workers.alive:
+        ago = max(0, int((now - w.heartbeat_at).total_seconds()))
+        beat = f"last heartbeat {ago}s ago, concurrency {w.concurrency}"
+        _note(f"{w.host}:{w.pid} since {when(w.started_at)}, {beat}")
+    for w in workers.gone:
+        _note(f"gone: {w.host}:{w.pid}, last heartbeat {when(w.heartbeat_at)}")
+    jobs = workers.jobs
+    other = sum(n for status, n in jobs.items() if status not in ("todo", "doing", "failed"))
+    out.print(
+        Text(
+            f"Jobs: {jobs.get('todo', 0)} waiting, {jobs.get('doing', 0)} doing, "
+            f"{jobs.get('failed', 0)} failed, {other} done"
+        ),
+        soft_wrap=False,
+    )
+
+
+def _print_suppressed(report: run.StatusReport) -> None:
+    """Subscribers who get no digests after bounces (why, since when, how to undo it), and
+    those whose bounces count towards a limit."""
+    for found in report.suppressed.values():
+        why = " ".join(part for part in (found.status, found.diagnostic) if part) or "-"
+        _note(
+            f"{found.subscriber}: suppressed ({found.kind} bounce: {why}, since {when(found.since)}); "
+            f"digest unsuppress {found.subscriber} sends them digests again"
+        )
+    for email, (hard, soft) in report.bounces.items():
+        if email not in report.suppressed:
+            _note(f"{email}: {plural(hard, 'hard bounce')} and {plural(soft, 'soft bounce')} in a row")

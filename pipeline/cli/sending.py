@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..models import Digest
 
 from .base import LIST_LIMIT, Context, err, fail, handle_errors, main, out, when
+from .web import reader_note
 from .words import plural
 
 
@@ -71,11 +72,12 @@ def send(
         from .. import run
 
         settings = ctx.settings()
-        try:
-            run.select_subscribers(settings, subscribers)
-        except DigestError as exc:
-            fail(f"error: {exc}", 2)
         bar = _ProgressBar()
+        with ctx.store(settings) as store:
+            try:  # (web sign-ups are subscribers too: the store knows them)
+                run.select_subscribers(settings, subscribers, store=store, chosen=False)
+            except DigestError as exc:
+                fail(f"error: {exc}", 2)
         with ctx.store(settings) as store, bar, stop_on_signals() as stop:
             report = run.send(
                 settings,
@@ -125,6 +127,24 @@ def _print_report(settings: Settings, report: run.SendReport) -> None:
     if len(report.nothing_new) <= LIST_LIMIT:
         for email in report.nothing_new:
             out.print(f"nothing new for {email}", markup=False)
+    if len(report.excluded) <= LIST_LIMIT:
+        for found in report.excluded:
+            choices = found.choices
+            if found.excluded == "suppressed":  # (after bounces: digest status says why)
+                address = found.config.email
+                out.print(
+                    f"no digest for {address}: suppressed after bounces (digest unsuppress {address})",
+                    markup=False,
+                )
+                continue
+            assert choices is not None  # (only a reader's own choice excludes them otherwise)
+            note = reader_note(
+                choices.unsubscribed_at,
+                choices.unsubscribed_via,
+                choices.paused_until,
+                settings.zone_of(found.config),
+            )
+            out.print(f"no digest for {found.config.email}: {note}", markup=False)
     if report.refused:
         out.print(
             f"SMTP: {report.refused}. Nothing was lost: the digests wait in the outbox; "
@@ -245,11 +265,11 @@ def preview(
     from .. import run
 
     settings = ctx.settings()
-    try:
-        run.select_subscribers(settings, [email])
-    except DigestError as exc:
-        fail(f"error: {exc}", 2)
     with ctx.store(settings) as store:
+        try:  # (web sign-ups are subscribers too: the store knows them)
+            run.select_subscribers(settings, [email], store=store, chosen=False)
+        except DigestError as exc:
+            fail(f"error: {exc}", 2)
         digest, rendered = run.preview(settings, store, email, fetch=not no_fetch)
     if output is None:
         import tempfile

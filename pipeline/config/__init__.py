@@ -14,7 +14,9 @@ from __future__ import annotations
 from .load import CONFIG_ENV, ConfigParts, config_path, key_line, load_settings, parse_settings
 from .settings import (
     DEFAULT_CONFIG,
+    BouncesSection,
     DigestSection,
+    DkimSection,
     FeedConfig,
     FetchSection,
     OutboxSection,
@@ -22,6 +24,8 @@ from .settings import (
     SmtpSection,
     SubscriberConfig,
     TopicConfig,
+    WebSection,
+    WorkerSection,
     list_label,
     sender_address,
 )
@@ -47,8 +51,10 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
     "WEEKDAYS",
+    "BouncesSection",
     "ConfigParts",
     "DigestSection",
+    "DkimSection",
     "Duration",
     "Email",
     "FeedConfig",
@@ -63,6 +69,8 @@ __all__ = [
     "SubscriberConfig",
     "TimeZone",
     "TopicConfig",
+    "WebSection",
+    "WorkerSection",
     "ascii_domain",
     "config_path",
     "cron_day_of_week",

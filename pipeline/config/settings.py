@@ -8,6 +8,7 @@ at run time because pydantic resolves the models' annotations in this module.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 import unicodedata
@@ -15,7 +16,7 @@ from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import (
@@ -77,6 +78,24 @@ class DigestSection(_Section):
     admin: Email | None = None
     retain: Duration = timedelta(days=90)
     render_workers: int | None = Field(None, ge=0, le=16)  # for large sends; None: one per spare core
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        # The public address of ``digest serve``: every link in a digest and on its pages is
+        # built from it (never from a request's Host header). Links are capabilities, so they
+        # travel over TLS; plain http only to this machine (a test, a reverse proxy's backend).
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+            raise ValueError(
+                f"{value!r} is plain http: links carry reader tokens, so use https:// "
+                "(http:// only for localhost or 127.0.0.1)"
+            )
+        if not parts.hostname or parts.query or parts.fragment or parts.username:
+            raise ValueError(f"{value!r} is not a plain site address like https://digest.example.org")
+        return value.rstrip("/")
 
     @field_validator("database")
     @classmethod
@@ -193,6 +212,147 @@ class SubscriberConfig(_Section):
     timezone: TimeZone | None = None
 
 
+class WebSection(_Section):
+    """``[web]``: the reader-facing web app, ``digest serve`` (see :mod:`pipeline.web`)."""
+
+    listen: str = Field("127.0.0.1:8080", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+    secret_env: str = Field("DIGEST_WEB_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Keys retired by a rotation, still accepted on links already sent (never used to sign).
+    old_secrets_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # --- sign-up (pipeline/web/signup.py): anyone may subscribe, with double opt-in ---
+    signup: StrictBool = False
+    signup_expires: Duration = timedelta(hours=48)  # an unconfirmed sign-up is forgotten after this
+    signup_schedule: ScheduleValue = parse_schedule("daily 07:00")  # sign-ups start with this schedule
+    signup_per_address: int = Field(1, ge=1, le=10)  # confirmation emails per address per hour
+    signup_per_client: int = Field(5, ge=1, le=10_000)  # sign-up requests per client per hour
+    signup_per_hour: int = Field(100, ge=1, le=100_000)  # confirmation emails per hour, in all
+    # Peers (addresses or networks) whose X-Forwarded-For names the client: a reverse proxy.
+    trusted_proxies: list[str] = []
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError(f"port of {value!r} must be 1 to 65535")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _trusted_proxies(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (like 10.0.0.1 or 10.0.0.0/8)"
+                ) from None
+        return out
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class BouncesSection(_Section):
+    """``[bounces]``: VERP envelope senders and the bounce mailbox (see :mod:`pipeline.bounces`)."""
+
+    address: Email  # bounce@example.org: digests go out from bounce+TOKEN@example.org
+    imap_host: str | None = Field(None, min_length=1)
+    imap_port: int | None = Field(None, ge=1, le=65535)
+    imap_security: Literal["tls", "starttls"] = "tls"
+    imap_username: str | None = Field(None, min_length=1)
+    imap_password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    imap_folder: str = Field("INBOX", min_length=1)
+    processed_folder: str = Field("Processed", min_length=1)
+    ca_file: str | None = None
+    maildir: str | None = None
+    hard_limit: int = Field(1, ge=1, le=100)
+    soft_limit: int = Field(5, ge=1, le=100)
+    every: Duration = timedelta(minutes=15)
+    timeout: Duration = timedelta(seconds=30)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if "+" in value.rpartition("@")[0]:
+            raise ValueError(f"{value!r} holds a +: digest adds +TOKEN itself (write the bare address)")
+        return value
+
+    @field_validator("ca_file", "maildir")
+    @classmethod
+    def _paths(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _one_mailbox(self) -> BouncesSection:
+        if self.imap_host and self.maildir:
+            raise ValueError("set imap_host or maildir, not both: bounces are read from one mailbox")
+        if self.imap_host and not (self.imap_username and self.imap_password_env):
+            raise ValueError("imap_host needs imap_username and imap_password_env (the login)")
+        return self
+
+    @property
+    def imap_effective_port(self) -> int:
+        return self.imap_port or {"tls": 993, "starttls": 143}[self.imap_security]
+
+    def imap_password(self) -> str | None:
+        """The IMAP password from the environment variable ``imap_password_env`` names."""
+        return os.environ.get(self.imap_password_env) if self.imap_password_env else None
+
+
+class WorkerSection(_Section):
+    """``[worker]``: ``digest worker`` processes sharing one PostgreSQL (see :mod:`pipeline.worker`)."""
+
+    # How long a claim on outbox rows lasts unless renewed (every sender renews at a third of
+    # it): a crashed sender's digests go out again, from any host, this long after the crash.
+    lease: Duration = timedelta(minutes=2)
+    batch: int = Field(500, ge=1, le=5000)  # due subscribers planned per job (one transaction)
+    deliver_for: Duration = timedelta(seconds=60)  # a delivery job's time budget
+    tick: Duration = timedelta(minutes=1)  # how often a tick looks for due work (divides an hour)
+
+    @field_validator("lease")
+    @classmethod
+    def _lease(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=3):
+            raise ValueError("must be at least 3s (it is renewed every third of it)")
+        return value
+
+    @field_validator("tick")
+    @classmethod
+    def _tick(cls, value: timedelta) -> timedelta:
+        # (a cron step: whole seconds dividing a minute, or whole minutes dividing an hour)
+        seconds = value.total_seconds()
+        fits = 60 % seconds == 0 if seconds < 60 else seconds % 60 == 0 and 3600 % seconds == 0
+        if not seconds.is_integer() or seconds < 1 or seconds > 3600 or not fits:
+            raise ValueError("must be seconds dividing a minute (1s, 2s, 5s...) or minutes dividing an hour")
+        return value
+
+
+class DkimSection(_Section):
+    """``[dkim]``: sign every digest and alert (DKIM, RFC 6376; see :mod:`pipeline.sign`)."""
+
+    # d= and s=: the key's public half is published at SELECTOR._domainkey.DOMAIN.
+    domain: str = Field(max_length=253, pattern=r"^[^\s.@;=]+(\.[^\s.@;=]+)+$")
+    selector: str = Field(max_length=63, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    key_file: str = Field(min_length=1)  # a PEM private key, unencrypted (read when a send starts)
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"  # ed25519: RFC 8463
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return ascii_domain(value.rstrip("."))
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_file(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve(value, info)
+
+
 class Settings(_Section):
     """The whole validated configuration; ``path`` is the file it came from."""
 
@@ -204,6 +364,10 @@ class Settings(_Section):
     feeds: list[FeedConfig] = []
     topics: dict[Name, TopicConfig] = {}
     subscribers: list[SubscriberConfig] = []
+    web: WebSection = WebSection()
+    worker: WorkerSection = WorkerSection()
+    bounces: BouncesSection | None = None  # VERP and bounce handling (off without it)
+    dkim: DkimSection | None = None  # DKIM signatures (none without it)
 
     def topic_title(self, name: str) -> str:
         topic = self.topics[name]
@@ -241,10 +405,21 @@ class Settings(_Section):
         return ascii_domain(domain)
 
     def unsubscribe_url(self, email: str) -> str:
-        """Where a subscriber's unsubscribe link points: the web endpoint, else a mailto."""
+        """Where a subscriber's unsubscribe link points: their signed one-click page on
+        ``digest serve`` (``BASE/u/TOKEN``), else a mailto."""
         if self.digest.base_url:
-            return f"{self.digest.base_url.rstrip('/')}/unsubscribe?email={quote(email)}"
+            from ..web.links import reader_link  # (the signing key is read from the environment)
+
+            return reader_link(self, "unsubscribe", email)
         return self._unsubscribe_mailto(email)
+
+    def preferences_url(self, email: str) -> str | None:
+        """A subscriber's signed preferences page (``BASE/p/TOKEN``); None without a base_url."""
+        if self.digest.base_url:
+            from ..web.links import reader_link
+
+            return reader_link(self, "preferences", email)
+        return None
 
     def unsubscribe_links(self, email: str) -> list[str]:
         """The targets of a digest's List-Unsubscribe header (RFC 2369), web endpoint first."""

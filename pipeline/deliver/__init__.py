@@ -44,4 +44,5 @@ def transport_factory(settings: Settings, rate: RateLimit | None = None) -> Call
         shared = rate or RateLimit(smtp.rate)
         return lambda: SmtpTransport(smtp, shared)
     maildir = settings.outbox.maildir
-    return lambda: MaildirTransport(maildir)
+    return_path = settings.bounces is not None  # (the VERP sender, as an MDA would record it)
+    return lambda: MaildirTransport(maildir, return_path=return_path)

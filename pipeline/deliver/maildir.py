@@ -1,4 +1,8 @@
-"""The Maildir transport: each message a file in ``<maildir>/new`` (written to tmp/, renamed)."""
+"""The Maildir transport: each message a file in ``<maildir>/new`` (written to tmp/, renamed).
+
+With ``return_path`` (``[bounces]`` is set) each file starts with ``Return-Path: <sender>``, the
+envelope sender a delivering MTA records; the message itself (and any signature) is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from ..models import OutgoingMessage
 class MaildirTransport:
     """Writes each message into ``<maildir>/new`` (mailbox writes to tmp/ and renames)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, return_path: bool = False) -> None:
         self.path = Path(path)
+        self.return_path = return_path  # write the envelope sender first, as a final MTA does
         try:
             # mailbox creates cur/new/tmp only for a folder it creates itself: an existing empty
             # folder (made by hand, or by `preview --output outbox/x.html`) would be refused.
@@ -26,8 +31,11 @@ class MaildirTransport:
             ) from exc
 
     def send(self, message: OutgoingMessage) -> None:
+        data = message.data
+        if self.return_path:  # (RFC 5321 4.4: the delivering MTA records the envelope sender)
+            data = b"Return-Path: <" + message.sender.encode("utf-8") + b">\r\n" + data
         try:
-            self.box.add(message.data)
+            self.box.add(data)
         except OSError as exc:
             raise DeliveryError(
                 f"cannot write to Maildir {self.path}: {exc}", transient=True, connection=True

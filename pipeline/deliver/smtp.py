@@ -386,7 +386,7 @@ class _Transaction:
                 code=code,
                 operator=True,
             )
-        raise DeliveryError(text, transient=is_transient(code), code=code)
+        raise DeliveryError(text, transient=is_transient(code), code=code, recipient=step == "RCPT TO")
 
 
 def _stuffed(data: bytes) -> bytes:

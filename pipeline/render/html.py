@@ -20,7 +20,8 @@ from ..errors import RenderError
 from .catalogue import Catalogue, CatalogueOrder
 from .inline import piecewise_blockers
 from .pieces import EmailPlan, HtmlPieces
-from .templates import LAYOUT_HTML, RENDER_ERRORS, NotPiecewise, TemplateSet, render_template
+from .splice import TokenSplice
+from .templates import LAYOUT_HTML, RENDER_ERRORS, TOKEN, NotPiecewise, TemplateSet, render_template
 from .views import SectionView, entry_key, topic_key
 
 PREPARE_ERRORS = (NotPiecewise, *RENDER_ERRORS)  # skipped by prepare: ``render`` reports them
@@ -48,8 +49,10 @@ class HtmlAssembler:
         warn: Callable[[str, str], None],
         *,
         check: bool,
+        splice: TokenSplice,
     ) -> None:
         self._pieces = HtmlPieces(templates, title)
+        self._splice = splice
         self._catalogue = catalogue
         self._layout = templates.whole[LAYOUT_HTML]
         self._warn = warn
@@ -57,7 +60,8 @@ class HtmlAssembler:
         self._checked = not check  # overrides get one whole-vs-pieces comparison per run
         self._css_checked: set[int] = set()  # layout ids whose stylesheet was checked
         self._filled: dict[tuple[int, tuple[Any, ...]], FilledTopicFrame] = {}  # by layout id, topic_key
-        self._sections: dict[tuple[int, SectionView], tuple[str, ...]] = {}  # assembled, by layout id
+        # assembled, by layout id: the parts, and where the email's token goes (``splice``)
+        self._sections: dict[tuple[int, SectionView], tuple[tuple[str, ...], tuple[int, ...]]] = {}
 
     def forget_sections(self) -> None:
         """Drop the assembled sections (their views are being dropped)."""
@@ -113,7 +117,8 @@ class HtmlAssembler:
 
     def whole_html(self, context: dict[str, Any]) -> str:
         """The email rendered in one piece and inlined by one premailer call."""
-        return self._catalogue.inline_whole(render_template(self._layout, context))
+        html = self._catalogue.inline_whole(render_template(self._layout, context))
+        return self._splice.fill(html, context[TOKEN])
 
     # --- preparing --------------------------------------------------------------------------------
 
@@ -186,19 +191,28 @@ class HtmlAssembler:
         head, tail = self._catalogue.layouts[(layout.head_id, layout.tail_id)]
         sections = plan.context["sections"]
         out = [head.fill(layout.head_values)]
+        places: list[int] = []
         for n, index in enumerate(layout.slots):
             if n and layout.gaps[n - 1]:
                 out.append(layout.gaps[n - 1])
-            out += self._section(plan.layout_id, sections[index])
+            parts, marked = self._section(plan.layout_id, sections[index])
+            if marked:
+                start = len(out)
+                places += [start + i for i in marked]
+            out += parts
         if tail is not None:
             out.append(tail.fill(layout.tail_values))
+        token = plan.context[TOKEN]
+        for i in places:  # (the one object: compose knows it by identity)
+            out[i] = token
         return out
 
-    def _section(self, layout_id: int, section: SectionView) -> tuple[str, ...]:
-        """A section's inlined HTML, as parts: its frame and its entries, shared pieces."""
-        parts = self._sections.get((layout_id, section))
-        if parts is not None:
-            return parts
+    def _section(self, layout_id: int, section: SectionView) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """A section's inlined HTML, as parts: its frame and its entries, shared pieces; and
+        where in them the email's token goes."""
+        assembled = self._sections.get((layout_id, section))
+        if assembled is not None:
+            return assembled
         filled = self._filled_frame(layout_id, section)
         entries = self._catalogue.entries
         views = section.entries
@@ -209,8 +223,8 @@ class HtmlAssembler:
             out.append(entries[(layout_id, filled.head_id, entry_key(views[e]))])
         if filled.tail:
             out.append(filled.tail)
-        parts = self._sections[(layout_id, section)] = tuple(out)
-        return parts
+        assembled = self._sections[(layout_id, section)] = self._splice.cut(out)
+        return assembled
 
     def _filled_frame(self, layout_id: int, section: SectionView) -> FilledTopicFrame:
         key = (layout_id, topic_key(section))

@@ -364,9 +364,21 @@ class Inlined:
         return "".join(out)
 
 
-@functools.lru_cache(maxsize=4096)
+# Printable ASCII but " & < >: lxml writes such a value as it is, in a URI attribute or not
+# (tests/render/test_render_vote_links.py holds them equal). Most per-subscriber values are
+# such links (unsubscribe, preferences, archive), each new: no element need be made for them.
+_PLAIN_ATTRIBUTE = re.compile(r"[!#-%'-;=?-~]*")
+
+
 def serialised_attribute(tag: str, attr: str, value: str) -> str:
     """An attribute value as lxml writes it in HTML (URI attributes are %-escaped)."""
+    if _PLAIN_ATTRIBUTE.fullmatch(value):
+        return value
+    return _lxml_attribute(tag, attr, value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _lxml_attribute(tag: str, attr: str, value: str) -> str:
     element = etree.Element(tag)
     element.set(attr, value)
     written = str(etree.tostring(element, method="html", encoding="unicode"))

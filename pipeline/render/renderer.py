@@ -15,10 +15,20 @@ from typing import Any
 from ..config import Settings
 from ..models import Digest, Match, RenderedDigest, Section
 from ..text import clean_text
+from ..web.vote_links import EmailLinks
 from .catalogue import Catalogue
 from .html import PREPARE_ERRORS, HtmlAssembler
 from .pieces import EmailPlan
-from .templates import PREHEADER, RENDER_ERRORS, SUBJECT, load_templates, render_template, template_error
+from .splice import TokenSplice
+from .templates import (
+    PREHEADER,
+    RENDER_ERRORS,
+    SUBJECT,
+    TOKEN,
+    load_templates,
+    render_template,
+    template_error,
+)
 from .text import TextAssembler
 from .views import EntryView, SectionView, entry_view
 
@@ -39,8 +49,14 @@ class Renderer:
         self._catalogue = Catalogue()
         self._title = clean_text(settings.digest.title)
         self._warned: set[str] = set()
-        self._html = HtmlAssembler(templates, self._title, self._catalogue, self._warn, check=bool(override))
-        self._text = TextAssembler(templates, self._title, self._warn)
+        self._splice = TokenSplice()
+        self._html = HtmlAssembler(
+            templates, self._title, self._catalogue, self._warn, check=bool(override), splice=self._splice
+        )
+        self._text = TextAssembler(templates, self._title, self._warn, splice=self._splice)
+        # Vote links ("more / less like this") and the archive need the web app: a base_url.
+        self._links = EmailLinks(settings) if settings.digest.base_url else None
+        self._votes = self._links.vote_prefix(self._splice.marker) if self._links is not None else None
         self._zones = {s.email.lower(): settings.zone_of(s) for s in settings.subscribers}
         self._dates: dict[tuple[datetime, str], str] = {}
         self._views: dict[tuple[int, str, str, tuple[str, ...]], EntryView] = {}
@@ -90,7 +106,15 @@ class Renderer:
             text=text,
             html_parts=tuple(html_parts or ()),
             text_parts=text_parts,
+            token=context[TOKEN],
         )
+
+    def subject(self, digest: Digest) -> str:
+        """The digest's subject line alone (its archive page and feed entry show it)."""
+        try:
+            return str(self._context(digest)["subject"])
+        except RENDER_ERRORS as exc:
+            raise template_error(exc) from exc
 
     def render_whole(self, digest: Digest) -> RenderedDigest:
         """The same email rendered in one piece and inlined by one premailer call (slow)."""
@@ -138,12 +162,19 @@ class Renderer:
             "more": digest.more_count,
             "topics": [clean_text(t) for t in digest.topics],
             "unsubscribe_url": self.settings.unsubscribe_url(digest.subscriber),
+            "preferences_url": self.settings.preferences_url(digest.subscriber),  # None without base_url
+            "archive_url": self._archive_url(digest.subscriber),  # (its page links the Atom feed)
             "preheader": "",
             "subject": "",
+            TOKEN: self._links.vote_token(digest.subscriber) if self._links is not None else "",
         }
         context["subject"] = clean_text(render_template(self._subject, context))
         context["preheader"] = clean_text(render_template(self._preheader, context))
         return context
+
+    def _archive_url(self, email: str) -> str | None:
+        """The reader's past digests (``BASE/archive/TOKEN``); None without a base_url."""
+        return self._links.link("archive", email) if self._links is not None else None
 
     def _section(self, section: Section) -> SectionView:
         """The view of a section: one per distinct section in a run. A subscriber's sections
@@ -161,6 +192,7 @@ class Renderer:
                 self._sections.clear()
                 self._html.forget_sections()
                 self._text.forget_sections()
+                self._splice.forget()
             view = self._sections[key] = SectionView(
                 topic=section.topic,
                 title=clean_text(section.title),
@@ -181,6 +213,7 @@ class Renderer:
                 summary_words=digest.summary_words,
                 images=digest.images,
                 sentences=digest.summary_sentences if digest.summary == "sentences" else None,
+                votes=self._votes,
             )
         return view
 

@@ -31,6 +31,7 @@ SUBJECT, PREHEADER = "subject.txt.j2", "preheader.txt.j2"
 TEMPLATES = (LAYOUT_HTML, LAYOUT_TEXT, TOPIC_HTML, TOPIC_TEXT, ENTRY_HTML, ENTRY_TEXT, SUBJECT, PREHEADER)
 
 SLOT = "\ue002"  # what a stubbed partial writes where its output would go
+TOKEN = "__token__"  # the context's key for the email's own link token (``splice``), "" without links
 _SLOT_STUB = {
     TOPIC_HTML: "{{ __slot__(section) }}",
     TOPIC_TEXT: "{{ __slot__(section) }}",

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .splice import TokenSplice
 from .templates import (
     ENTRY_TEXT,
     LAYOUT_TEXT,
+    TOKEN,
     TOPIC_TEXT,
     NotPiecewise,
     TemplateSet,
@@ -87,7 +89,10 @@ class WrappedTopicFrame:
 class TextAssembler:
     """A run's text parts, assembled from pieces wrapped once per run."""
 
-    def __init__(self, templates: TemplateSet, title: str, warn: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, templates: TemplateSet, title: str, warn: Callable[[str, str], None], *, splice: TokenSplice
+    ) -> None:
+        self._splice = splice
         self._layout = templates.layouts[LAYOUT_TEXT]  # topic partials stubbed
         self._topic = templates.topics[TOPIC_TEXT]  # entry partials stubbed
         self._whole = templates.whole
@@ -95,8 +100,9 @@ class TextAssembler:
         self._warn = warn
         self._frames: dict[tuple[Any, ...], WrappedTopicFrame] = {}  # by topic_key
         self._entries: dict[int, WrappedEntry] = {}  # by entry_key
-        # each distinct section's parts, and whether they all end at line ends
-        self._sections: dict[SectionView, tuple[tuple[str, ...], bool]] = {}
+        # each distinct section's parts, whether they all end at line ends, and where in them
+        # the email's token goes (``splice``)
+        self._sections: dict[SectionView, tuple[tuple[str, ...], bool, tuple[int, ...]]] = {}
 
     def forget_sections(self) -> None:
         """Drop the assembled sections (their views are being dropped)."""
@@ -104,7 +110,8 @@ class TextAssembler:
 
     def whole(self, context: dict[str, Any]) -> str:
         """The text part rendered in one piece, then wrapped."""
-        return wrap_text(render_template(self._whole[LAYOUT_TEXT], context))
+        text = wrap_text(render_template(self._whole[LAYOUT_TEXT], context))
+        return self._splice.fill(text, context[TOKEN])
 
     def text(self, context: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
         """The wrapped text part, and the same as line-aligned parts (none if rendered whole)."""
@@ -114,9 +121,13 @@ class TextAssembler:
             layout = frame.parts
             wrapped = [_wrap_lines(layout[0])]
             aligned = _ends_at_line_end(layout[0])
+            places: list[int] = []
             for n, index in enumerate(frame.slots):
-                text, whole = self._section(sections[index])
+                text, whole, marked = self._section(sections[index])
                 aligned = aligned and whole
+                if marked:
+                    start = len(wrapped)
+                    places += [start + i for i in marked]
                 wrapped += text
                 part = layout[n + 1]
                 aligned = aligned and (n + 2 == len(layout) or _ends_at_line_end(part))
@@ -126,10 +137,14 @@ class TextAssembler:
             aligned = False
         if not aligned:  # a piece ends mid-line: wrapping pieces alone would differ, wrap the whole
             return self.whole(context), ()
+        token = context[TOKEN]
+        for i in places:  # (the one object: compose knows it by identity)
+            wrapped[i] = token
         return _joined(wrapped)
 
-    def _section(self, section: SectionView) -> tuple[tuple[str, ...], bool]:
-        """A section's wrapped text, as parts, and whether they all end at line ends."""
+    def _section(self, section: SectionView) -> tuple[tuple[str, ...], bool, tuple[int, ...]]:
+        """A section's wrapped text, as parts; whether they all end at line ends; and where
+        in them the email's token goes."""
         assembled = self._sections.get(section)
         if assembled is None:
             topic = self._frame(section)
@@ -143,7 +158,8 @@ class TextAssembler:
                 out.append(piece.wrapped)
                 if after:
                     out.append(after)
-            assembled = self._sections[section] = (tuple(out), aligned)
+            parts, places = self._splice.cut(out)
+            assembled = self._sections[section] = (parts, aligned, places)
         return assembled
 
     def _frame(self, section: SectionView) -> WrappedTopicFrame:
@@ -171,7 +187,7 @@ class TextAssembler:
 def _joined(wrapped: list[str]) -> tuple[str, tuple[str, ...]]:
     """Wrapped parts as the whole text part: ``wrap_text`` strips leading and trailing newlines,
     so strip them from the first and last non-empty parts."""
-    wrapped = [part for part in wrapped if part]
+    wrapped = list(filter(None, wrapped))  # (in C: a digest has hundreds of parts)
     while wrapped and not wrapped[0].lstrip("\n"):
         wrapped.pop(0)
     while wrapped and not wrapped[-1].rstrip("\n"):

@@ -55,6 +55,11 @@ class EntryView:
     links: tuple[str, ...]  # the targets of [1], [2]...
     hits: tuple[str, ...]  # the keywords that made it match
     shortened: bool  # the summary was cut (after its first sentences, or at summary_words)
+    # "More / less like this" (``digest serve``), None without ``[digest] base_url``. A view is
+    # shared by every subscriber, so these hold a marker where each email's own link token
+    # goes (``splice``): what an email shows is its reader's link.
+    vote_more: str | None = None
+    vote_less: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +165,13 @@ def entry_view(
     summary_words: int,
     images: bool,
     sentences: int | None = None,
+    votes: str | None = None,
 ) -> EntryView:
     """How an entry shows in emails: sanitised, shortened, highlighted, with its links.
 
     The summary is its first ``sentences`` sentences (all of it when None), cut after
-    ``summary_words`` words in any case.
+    ``summary_words`` words in any case. ``votes``: where the vote links start
+    (``BASE/v/TOKEN/``), the entry's id and ``more`` or ``less`` follow; None: no vote links.
     """
     clean = sanitize_html(entry.summary_html, images=images)
     few, cut = first_sentences(clean, sentences) if sentences else (clean, False)
@@ -196,4 +203,6 @@ def entry_view(
         links=links,
         hits=tuple(clean_text(h) for h in hits),
         shortened=cut or shortened,
+        vote_more=f"{votes}{entry.id}/more" if votes else None,
+        vote_less=f"{votes}{entry.id}/less" if votes else None,
     )

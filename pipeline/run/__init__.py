@@ -9,6 +9,10 @@ faces) call these functions and nothing below them.
 - ``find_matches``, ``explain_entry``, ``preview``, ``status``, ``check`` (:mod:`.inspection`):
   looking without sending.
 - the scheduler's lease and serving one subscriber at a scheduled time (:mod:`.scheduled`).
+- bounces (:mod:`.bounced`): VERP senders for the outbox, ``read_bounces`` (mailbox -> parse
+  -> record, suppressing past the limits), refusals at RCPT, ``unsuppress``.
+- ``digest worker``'s schedule slots: who is due (``due_batches``), planning one batch of a
+  slot (``plan_batch``, ``send``'s planning committed with the slot) (:mod:`.slotted`).
 
 Speed machinery stays out of these signatures but one: an optional ``speed`` handle
 (:class:`pipeline.speed.Speedups`).
@@ -17,12 +21,15 @@ Speed machinery stays out of these signatures but one: an optional ``speed`` han
 from __future__ import annotations
 
 from .alerts import send_feed_alerts
-from .fetching import FeedReport, body_hash, feeds_of, fetch_all, fetch_stale
+from .audience import Reader, audience, excluded_readers, known_subscriber, listed, readers
+from .bounced import BounceOutcome, BounceReport, envelope_senders, read_bounces, record_rejection, unsuppress
+from .fetching import FeedReport, body_hash, feeds_of, fetch_all, fetch_stale, stale_feeds
 from .inspection import (
     StatusReport,
     SubscriberStatus,
     TopicMatches,
     check,
+    entry_votes,
     explain_entry,
     find_matches,
     preview,
@@ -42,44 +49,66 @@ from .scheduled import (
     take_scheduler_lease,
 )
 from .sending import enqueue_digests, plan_digests, select_subscribers, send
+from .slotted import DueBatch, SlotReport, due_batches, next_slot, plan_batch, schedule_of, sync_schedules
 from .stored import OutboxEncoder, digest_from_row, queued_digest
 
 __all__ = [
     "CLAIM_BATCH",
     "LEASE",
+    "BounceOutcome",
+    "BounceReport",
+    "DueBatch",
     "FeedReport",
     "OutboxEncoder",
     "OutboxRun",
     "Outcome",
     "Progress",
+    "Reader",
     "SendReport",
     "SentRecorder",
+    "SlotReport",
     "StatusReport",
     "SubscriberStatus",
     "TopicMatches",
+    "audience",
     "body_hash",
     "check",
     "deliver_due",
     "digest_from_row",
+    "due_batches",
     "enqueue_digests",
+    "entry_votes",
+    "envelope_senders",
+    "excluded_readers",
     "explain_entry",
     "feeds_of",
     "fetch_all",
     "fetch_stale",
     "find_matches",
+    "known_subscriber",
     "last_served",
+    "listed",
     "mark_served",
+    "next_slot",
+    "plan_batch",
     "plan_digests",
     "preview",
     "queued_digest",
+    "read_bounces",
+    "readers",
+    "record_rejection",
     "release_scheduler_lease",
     "renew_scheduler_lease",
+    "schedule_of",
     "scheduler_id",
     "select_subscribers",
     "select_topics",
     "send",
     "send_feed_alerts",
     "serve_subscriber",
+    "stale_feeds",
     "status",
+    "sync_schedules",
     "take_scheduler_lease",
+    "unsuppress",
 ]

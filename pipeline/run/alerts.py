@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from ..config import Settings
 from ..deliver import Transport, transport_factory
-from ..errors import DeliveryError
+from ..errors import ConfigError, DeliveryError
 from ..store import ALERT_RECOVERED, ALERT_SENT, FeedState, Store, utcnow
 from .clock import Clock
 
@@ -47,7 +47,15 @@ def send_feed_alerts(settings: Settings, store: Store, feeds: Iterable[str], *, 
     if not due:
         return 0
     from ..compose import feed_alert  # (here: most runs send no alert)
+    from ..sign import load_signer
 
+    try:
+        signer = load_signer(settings)  # (signed like digests: DKIM covers every mail we send)
+    except ConfigError as exc:
+        for state, recovered in due:  # (released: the next run tells them, once the key is fixed)
+            _release(store, state.name, recovered)
+        log.error("alerts not sent: %s", exc)
+        return 0
     sent = 0
     make_transport = transport_factory(settings)
     transport: Transport | None = None
@@ -66,14 +74,13 @@ def send_feed_alerts(settings: Settings, store: Store, feeds: Iterable[str], *, 
                 last_error=state.last_error,
                 next_attempt_at=state.next_attempt_at,
             )
+            if signer is not None:
+                message = signer.sign(message)
             try:
                 transport = transport or make_transport()
                 transport.send(message)
             except DeliveryError as exc:
-                if recovered:
-                    store.set_alert(state.name, None, ALERT_RECOVERED)
-                else:
-                    store.set_alert(state.name, ALERT_SENT, None)
+                _release(store, state.name, recovered)
                 log.warning("alert feed=%s to=%s error=%r (will retry)", state.name, admin, str(exc))
                 continue
             sent += 1
@@ -83,3 +90,11 @@ def send_feed_alerts(settings: Settings, store: Store, feeds: Iterable[str], *, 
         if transport is not None:
             transport.close()
     return sent
+
+
+def _release(store: Store, feed: str, recovered: bool) -> None:
+    """Undo the claim on a feed's alert: the next run sends it."""
+    if recovered:
+        store.set_alert(feed, None, ALERT_RECOVERED)
+    else:
+        store.set_alert(feed, ALERT_SENT, None)

@@ -263,18 +263,24 @@ def fetch_stale(
 
     Feeds backing off after failures (next attempt in the future) are left alone.
     """
+    stale = stale_feeds(settings, store, feeds_of(settings, subscribers), clock())
+    return fetch_all(settings, store, feeds=stale, clock=clock) if stale else []
+
+
+def stale_feeds(settings: Settings, store: Store, names: Iterable[str], now: datetime) -> list[str]:
+    """Those of the named feeds whose last fetch is older than their polling interval (feeds
+    backing off after failures, next attempt in the future, are not)."""
     store.sync_feeds({f.name: f.url for f in settings.feeds})
     states = store.feed_states()
-    now = clock()
     intervals = {f.name: settings.feed_interval(f) for f in settings.feeds}
     stale = []
-    for name in feeds_of(settings, subscribers):
+    for name in names:
         state = states[name]
         if state.next_attempt_at is not None and state.next_attempt_at > now:
             continue
         if state.last_fetch_at is None or now - state.last_fetch_at >= intervals[name]:
             stale.append(name)
-    return fetch_all(settings, store, feeds=stale, clock=clock) if stale else []
+    return stale
 
 
 def _log_feed(report: FeedReport) -> None:

@@ -5,18 +5,33 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from ..config import ConfigParts, Settings, load_settings
-from ..errors import ConfigError, DigestError, MatchError, RenderError
+from ..errors import ConfigError, DigestError, MatchError, RenderError, WebError
 from ..match import Explanation, compile_topics, explain, index_entries, index_entry, match_topics
 from ..models import Digest, Entry, Match, RenderedDigest
 from ..parse import arxiv_id, canonical_link
-from ..store import FAILED, PENDING, SENDING, FeedState, OutboxRow, Store, utcnow
+from ..store import (
+    FAILED,
+    PENDING,
+    SENDING,
+    FeedState,
+    OutboxRow,
+    Store,
+    Suppression,
+    Vote,
+    VoteCounts,
+    WorkerState,
+    utcnow,
+    voter,
+)
+from ..web.tokens import signer
+from .audience import readers, with_choices
 from .clock import Clock
 from .fetching import fetch_all
 from .scheduled import LEASE_NAME
@@ -102,11 +117,20 @@ def explain_entry(
     return entry, [explain(compiled[name], document) for name in names]
 
 
+def entry_votes(store: Store, entry: Entry, *, subscriber: str | None = None) -> list[Vote]:
+    """Readers' votes on an entry (only this subscriber's, when one is given), oldest first."""
+    votes = store.entry_votes(entry.id)
+    return votes if subscriber is None else [v for v in votes if v.subscriber == voter(subscriber)]
+
+
 def preview(
     settings: Settings, store: Store, email: str, *, fetch: bool = True, clock: Clock = utcnow
 ) -> tuple[Digest, RenderedDigest]:
     """Render a subscriber's next digest without sending or recording anything."""
-    (subscriber,) = select_subscribers(settings, [email])
+    (subscriber,) = select_subscribers(settings, [email], store=store, chosen=False)
+    choices = store.reader_choice(subscriber.email)
+    if choices is not None:  # (as they chose: their topics, even while unsubscribed or paused)
+        subscriber = with_choices(settings, subscriber, choices)
     if fetch:
         fetch_all(settings, store, clock=clock, alerts=False)
     (digest,) = plan_digests(settings, store, [subscriber], clock(), keep_empty=True)
@@ -121,6 +145,13 @@ class SubscriberStatus:
     last_digest_at: datetime | None  # the last digest delivered (the server accepted it)
     pending_entries: int  # new matching entries the next digest would count
     zone: ZoneInfo  # the subscriber's timezone: their schedule is read in it
+    votes: VoteCounts = field(default_factory=VoteCounts)  # "more / less like this" (digest serve)
+    # The reader's own choices (digest serve): they win over the config's.
+    unsubscribed_at: datetime | None = None
+    unsubscribed_via: str | None = None
+    paused_until: datetime | None = None  # only while it is still to come
+    chosen: tuple[str, ...] = ()  # what they chose on the web: "topics", "schedule"
+    signed_up_at: datetime | None = None  # signed up on the web ([web] signup): confirmed then
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +171,20 @@ class StatusReport:
     deliveries: dict[str, int]  # outbox rows per state
     unfinished: list[OutboxRow]  # pending, sending and failed rows
     scheduler: SchedulerStatus
+    # subscribers who get no digests after bounces, by address (lower case): why and since when
+    suppressed: dict[str, Suppression] = field(default_factory=dict)
+    bounces: dict[str, tuple[int, int]] = field(default_factory=dict)  # (hard, soft) in a row now
+    workers: WorkersStatus | None = None  # digest worker: None when no worker ever ran here
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersStatus:
+    """The ``digest worker`` processes of this database and their jobs."""
+
+    alive: list[WorkerState]  # heartbeat within a lease
+    gone: list[WorkerState]  # silent for longer (crashed, or cut off), until pruned
+    jobs: dict[str, int]  # the task engine's jobs per status: todo (waiting), doing, failed...
+    lease: timedelta  # [worker] lease: a dead worker's digests go out again after this
 
 
 def status(settings: Settings, store: Store, *, clock: Clock = utcnow) -> StatusReport:
@@ -147,19 +192,37 @@ def status(settings: Settings, store: Store, *, clock: Clock = utcnow) -> Status
     now = clock()
     store.sync_feeds({f.name: f.url for f in settings.feeds})
     feeds = store.feed_states()
-    planned = {d.subscriber: d for d in plan_digests(settings, store, settings.subscribers, now)}
+    everyone = readers(settings, store, now)
+    wanted = [r.subscriber for r in everyone if r.excluded is None]
+    planned = {d.subscriber: d for d in plan_digests(settings, store, wanted, now)}
     delivered = store.last_delivered()
+    votes = store.vote_counts()
+    signed_up = {s.email: s.confirmed_at for s in store.signups()}
     subscribers = []
-    for sub in settings.subscribers:
+    for found in everyone:
+        sub, choices = found.subscriber, found.choices
         digest = planned.get(sub.email)
         subscribers.append(
             SubscriberStatus(
                 email=sub.email,
                 topics=tuple(sub.topics),
                 schedule=str(sub.schedule),
+                unsubscribed_at=choices.unsubscribed_at if choices else None,
+                unsubscribed_via=choices.unsubscribed_via if choices else None,
+                paused_until=choices.paused_until if found.excluded == "paused" and choices else None,
+                chosen=tuple(
+                    name
+                    for name, mine, theirs in (
+                        ("topics", sub.topics, found.config.topics),
+                        ("schedule", str(sub.schedule), str(found.config.schedule)),
+                    )
+                    if mine != theirs
+                ),
                 last_digest_at=delivered.get(sub.email),
                 pending_entries=digest.entry_count + digest.more_count if digest else 0,
                 zone=settings.zone_of(sub),
+                votes=votes.get(voter(sub.email), VoteCounts()),
+                signed_up_at=None if settings.subscriber(sub.email) else signed_up.get(sub.email.lower()),
             )
         )
     return StatusReport(
@@ -168,7 +231,21 @@ def status(settings: Settings, store: Store, *, clock: Clock = utcnow) -> Status
         deliveries=store.delivery_counts(),
         unfinished=store.deliveries([PENDING, SENDING, FAILED]),
         scheduler=_scheduler(store, now),
+        suppressed=store.suppressions(),
+        bounces=store.bounce_counts(),
+        workers=_workers(settings, store, now),
     )
+
+
+def _workers(settings: Settings, store: Store, now: datetime) -> WorkersStatus | None:
+    """The workers as their heartbeats say (the same test as the delivery lanes)."""
+    rows, jobs = store.workers(), store.job_counts()
+    if not rows and not jobs:
+        return None
+    lease = settings.worker.lease
+    alive = [w for w in rows if w.heartbeat_at > now - lease]
+    gone = [w for w in rows if w.heartbeat_at <= now - lease]
+    return WorkersStatus(alive=alive, gone=gone, jobs=jobs, lease=lease)
 
 
 def _scheduler(store: Store, now: datetime) -> SchedulerStatus:
@@ -236,6 +313,27 @@ def check(config: Settings | str | os.PathLike[str] | None) -> list[str]:
             ("smtp", "password_env"),
             f"smtp.password_env: environment variable {smtp.password_env or '(not set)'} is empty or missing",
         )
+    bounces = settings.bounces if settings is not None else None
+    if bounces and bounces.imap_host and bounces.imap_password() is None:
+        problem(
+            ("bounces", "imap_password_env"),
+            f"bounces.imap_password_env: environment variable {bounces.imap_password_env} "
+            "is empty or missing",
+        )
+    if bounces and bounces.maildir and not Path(bounces.maildir, "new").is_dir():
+        problem(("bounces", "maildir"), f"bounces.maildir: {bounces.maildir} is not a Maildir (no new/)")
+    if settings is not None and settings.digest.base_url:
+        try:
+            signer(settings.web)  # (reader links are signed with it: send would stop without it)
+        except WebError as exc:
+            problem(("web", "secret_env"), f"web.secret_env: {exc}")
+    if settings is not None and settings.dkim is not None:
+        from ..sign import load_signer
+
+        try:
+            load_signer(settings)  # (the key is read and checked against [dkim] algorithm)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     # One list in the order of the file (problems without a line first, as the loader does).
     return sorted(problems, key=lambda p: _line_of(p, parts.path))
 

@@ -11,23 +11,26 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from ..config import Settings
-from ..deliver import Attempted, ConnectionPool, transport_factory
+from ..deliver import Attempted, ConnectionPool, RateLimit, transport_factory
 from ..errors import DeliveryError, RenderError, StoreError
 from ..models import Digest, Entry
 from ..speed import Speedups
 from ..store import OutboxRow, Store, owner_id, utcnow
+from .audience import withdrawn
+from .bounced import envelope_senders, record_rejection
 from .clock import Clock
+from .leasing import LeaseKeeper
 from .recorder import SentRecorder
 from .reports import Outcome, Progress, SendReport
 from .stored import digest_from_row
 
 log = logging.getLogger("digest")
 
-LEASE = timedelta(minutes=10)
+LEASE = timedelta(minutes=2)  # the default of [worker] lease, which every sender uses
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
 CLAIM_BATCH = 50
@@ -48,6 +51,7 @@ def deliver_due(
     progress: Progress | None = None,
     stop: threading.Event | None = None,
     speed: Speedups | None = None,
+    rate: RateLimit | None = None,
 ) -> SendReport:
     """Deliver every due outbox row: claim, render, compose, send, record each outcome.
 
@@ -57,13 +61,15 @@ def deliver_due(
     until ``give_up_after``; a permanent one marks it failed. When ``stop`` is set, the
     messages in flight finish and every other claimed digest goes back to the outbox, due now.
     ``speed`` holds the render pool and the digests this process just planned (which are then
-    not rebuilt from their stored form); without it, digests are rendered here.
+    not rebuilt from their stored form); without it, digests are rendered here. ``rate``: the
+    limit every message waits for (``digest worker``'s is shared by all workers); without
+    it, ``[smtp] rate`` for this process alone.
     """
     report = report if report is not None else SendReport()
     if progress:
         progress.start(store.count_due(clock()))
     outbox = OutboxRun(
-        settings, store, report, clock, progress, stop or threading.Event(), speed or Speedups()
+        settings, store, report, clock, progress, stop or threading.Event(), speed or Speedups(), rate
     )
     try:
         outbox.run()
@@ -87,8 +93,11 @@ class OutboxRun:
         progress: Progress | None,
         stop: threading.Event,
         speed: Speedups,
+        rate: RateLimit | None = None,
     ) -> None:
         self.settings, self.store, self.report, self.clock = settings, store, report, clock
+        # ([worker] lease: renewed every third of it, so a crashed sender's rows wait at most that)
+        self.lease, self.rate = settings.worker.lease, rate
         self.progress, self.stop, self.speed = progress, stop, speed
         self.rendering = speed.render_pool(settings)
         self.entries: dict[int, Entry] = {}  # loaded for digests rebuilt from the outbox
@@ -98,7 +107,9 @@ class OutboxRun:
         self.held: dict[int, tuple[OutboxRow, int]] = {}  # row id -> (row, entries in it)
         self.connections: ConnectionPool | None = None
         self.recorder: SentRecorder | None = None
-        self.lease_renewed = time.monotonic()
+        # (renewed from its own thread: a long render must not let the claims run out)
+        self.keeper = LeaseKeeper(store, self.owner, self.lease, clock, lambda: not self.report.store_error)
+        self.verp = envelope_senders(settings, store)  # [bounces]: each delivery's own envelope sender
 
     def run(self) -> None:
         exhausted = abandoned = False
@@ -121,7 +132,6 @@ class OutboxRun:
                     return
                 assert self.connections is not None
                 self._record(self.connections.results(timeout=1.0))
-                self._renew_leases()
             except StoreError as exc:
                 self._unwritable(exc)
 
@@ -136,14 +146,18 @@ class OutboxRun:
 
     def _claim_batch(self) -> bool:
         with self.report.timed("  claim"):
-            rows = self.store.claim(self.clock(), lease=LEASE, owner=self.owner, limit=CLAIM_BATCH)
+            rows = self.store.claim(self.clock(), lease=self.lease, owner=self.owner, limit=CLAIM_BATCH)
         if not rows:
             return False
+        self.keeper.start()
+        rows = self._still_wanted(rows)
+        if not rows:
+            return True
         if self.connections is None:
             smtp = self.settings.smtp
             self.recorder = SentRecorder(self.store, self.clock, self.owner)
             self.connections = ConnectionPool(
-                transport_factory(self.settings),
+                transport_factory(self.settings, self.rate),
                 connections=smtp.connections if smtp else 1,
                 retries=smtp.retries if smtp else 1,
                 retry_delay=smtp.retry_delay.total_seconds() if smtp else 0.0,
@@ -163,10 +177,22 @@ class OutboxRun:
                     self._report(Outcome(row.subscriber, digest.entry_count, "failed", str(message)))
                     continue
                 self.held[row.id] = (row, digest.entry_count)
+                if self.verp is not None:  # (VERP: bounce+TOKEN@domain names this delivery)
+                    message = replace(message, sender=self.verp.sender(row.id, row.message_id))
                 self.connections.submit(row.id, message)
         # Record whatever already finished, so memory and leases stay bounded.
         self._record(self.connections.results(timeout=0))
         return True
+
+    def _still_wanted(self, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """The rows whose reader still wants them; a digest already in the outbox for a
+        reader who unsubscribed since is not sent (marked failed, saying why)."""
+        gone = withdrawn(self.store, {row.subscriber for row in rows})
+        for row in rows:
+            if row.subscriber in gone:
+                self.store.mark_failed(row.id, gone[row.subscriber], self.owner)
+                log.info("digest to=%s withdrawn=%r", row.subscriber, gone[row.subscriber])
+        return [row for row in rows if row.subscriber not in gone]
 
     def _digests(self, rows: list[OutboxRow]) -> list[Digest]:
         """The digests these rows hold: as planned by this run, else rebuilt from the outbox."""
@@ -227,8 +253,11 @@ class OutboxRun:
             reason = f"gave up after {row.attempts} attempts: {exc}"
         else:
             reason = str(exc)
-        self._fenced(row, self.store.mark_failed(row.id, reason, self.owner))
+        held = self.store.mark_failed(row.id, reason, self.owner)
+        self._fenced(row, held)
         log.error("digest to=%s failed=%r", row.subscriber, reason)
+        if held and exc.recipient:  # refused at RCPT: a bounce of that address (with [bounces])
+            record_rejection(self.settings, self.store, row, exc, clock=self.clock)
         return Outcome(row.subscriber, entries, "failed", reason, tries=tries)
 
     @staticmethod
@@ -243,14 +272,6 @@ class OutboxRun:
         if self.progress:
             self.progress.advance(outcome)
 
-    def _renew_leases(self) -> None:
-        # Rows waiting for in-run retries must not look abandoned to another process.
-        if self.report.store_error:
-            return
-        if self.held and time.monotonic() - self.lease_renewed > LEASE.total_seconds() / 3:
-            self.store.renew(list(self.held), self.clock() + LEASE, self.owner)
-            self.lease_renewed = time.monotonic()
-
     def close(self) -> None:
         if self.connections is not None:
             if self.stop.is_set():  # (also when a second signal cut the run short: send no more)
@@ -261,6 +282,7 @@ class OutboxRun:
         if self.connections is not None:
             # Anything the workers finished while closing is recorded, never lost.
             self._record(self.connections.results(timeout=0))
+        self.keeper.stop()
 
 
 def _next_attempt(row: OutboxRow, now: datetime) -> datetime:

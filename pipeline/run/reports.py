@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from ..store import OutboxRow
+from .audience import Reader
 from .fetching import FeedReport
 
 
@@ -39,6 +40,7 @@ class SendReport:
     feeds: list[FeedReport] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     nothing_new: list[str] = field(default_factory=list)
+    excluded: list[Reader] = field(default_factory=list)  # no digest: unsubscribed or paused (their choice)
     unreachable: str | None = None  # the server could not be used (for now)
     refused: str | None = None  # the server refused us, or the config is wrong: fix, then send again
     store_error: str | None = None  # sending stopped: what was sent could not be recorded

@@ -20,6 +20,8 @@ from ..models import Digest
 from ..plan import select_digests
 from ..speed import Speedups
 from ..store import Store, utcnow
+from ..web.tokens import signer
+from .audience import audience, excluded_readers, listed
 from .clock import Clock
 from .fetching import fetch_all
 from .outbox import deliver_due
@@ -54,9 +56,19 @@ def send(
     Message-ID, a new give-up time). ``speed``: the caller's speed handle (see
     :mod:`pipeline.speed`); without one, this send makes its own.
     """
-    chosen = select_subscribers(settings, subscribers)
+    if settings.digest.base_url:
+        signer(settings.web)  # (links are signed: without the key, stop before anything is planned)
     report = SendReport(dry_run=dry_run)
-    named = [s.email for s in chosen] if subscribers else None
+    named = (
+        [s.email for s in select_subscribers(settings, subscribers, store=store, chosen=False)]
+        if subscribers
+        else None
+    )
+    # Readers' own choices win (unsubscribed, paused, their topics and schedule).
+    chosen = select_subscribers(settings, subscribers, store=store, now=clock())
+    report.excluded = excluded_readers(settings, store, clock(), named)
+    for excluded in report.excluded:
+        log.info("digest to=%s skipped=%s", excluded.config.email, excluded.excluded)
     if retry_failed and not dry_run:
         give_up = settings.smtp.give_up_after if settings.smtp else DEFAULT_GIVE_UP
         report.requeued = store.requeue_failed(clock(), give_up, named)
@@ -110,20 +122,41 @@ def _subjects(settings: Settings, digests: Sequence[Digest]) -> list[str]:
     return [renderer.render(digest).subject for digest in digests]
 
 
-def select_subscribers(settings: Settings, emails: Sequence[str] | None) -> list[SubscriberConfig]:
-    """The named subscribers (all when none are named); an unknown address is an error."""
-    if not emails:
-        return list(settings.subscribers)
+def select_subscribers(
+    settings: Settings,
+    emails: Sequence[str] | None,
+    *,
+    store: Store | None = None,
+    now: datetime | None = None,
+    chosen: bool = True,
+) -> list[SubscriberConfig]:
+    """The named subscribers (all when none are named); an unknown address is an error.
+
+    With a store, those who signed up on the web are subscribers too, and (``chosen``) each
+    is as they chose (:func:`~pipeline.run.audience.audience`): those who get no digest now
+    (unsubscribed, paused) are left out, the others have their own topics and schedule.
+    """
+    known = listed(settings, store) if store is not None else list(settings.subscribers)
+    named = _named(known, emails) if emails else known
+    if store is None or not chosen:
+        return named
+    wanted = {s.email for s in named}
+    return [s for s in audience(settings, store, now or utcnow()) if s.email in wanted]
+
+
+def _named(known: list[SubscriberConfig], emails: Sequence[str]) -> list[SubscriberConfig]:
+    by_address = {s.email.lower(): s for s in reversed(known)}  # (the first one wins)
     chosen, unknown = [], []
     for email in emails:
-        subscriber = settings.subscriber(email)
+        subscriber = by_address.get(email.strip().lower())
         if subscriber is None:
             unknown.append(email)
         elif subscriber not in chosen:
             chosen.append(subscriber)
     if unknown:
-        known = ", ".join(s.email for s in settings.subscribers) or "none configured"
-        raise DigestError(f"unknown subscriber {', '.join(unknown)} (subscribers: {known})")
+        names = ", ".join(s.email for s in known[:20]) or "none configured"
+        names += f" and {len(known) - 20} more" if len(known) > 20 else ""
+        raise DigestError(f"unknown subscriber {', '.join(unknown)} (subscribers: {names})")
     return chosen
 
 
@@ -158,6 +191,11 @@ def plan_digests(
     # Only matched entries can be in a digest: what was taken of the others does not matter.
     matched = {m.entry.id for found in matches.values() for m in found}
     taken = store.taken_entries([s.email for s in subscribers], matched, since=min(cutoffs.values()))
+    # A "less like this" hides the entry's later edits from that reader (store/votes.py): the
+    # planner leaves them out as if taken, though nothing records them so.
+    candidates = [e for e in entries if e.id in matched]
+    for email, hidden in store.hidden_edits([s.email for s in subscribers], candidates).items():
+        taken.setdefault(email, set()).update(hidden)
     with speed.planning() if speed is not None else nullcontext():
         return select_digests(settings, subscribers, matches, taken, cutoffs, now, keep_empty=keep_empty)
 

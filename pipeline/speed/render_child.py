@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from .. import child_process
 from ..config import Settings
-from ..errors import RenderError
+from ..errors import ConfigError, RenderError
 from ..models import Digest, Entry, Match, Section
 from .render_pool import render_batch
 
 if TYPE_CHECKING:
     from ..render import Renderer
+    from ..sign import DkimSigner
 
 
 def sample_digest(settings: Settings) -> Digest | None:
@@ -46,7 +47,7 @@ def sample_digest(settings: Settings) -> Digest | None:
     return Digest(subscriber.email, subscriber.name, (section,), (title,), now, "<warm-up@digest.invalid>")
 
 
-def warm_up(settings: Settings, renderer: Renderer) -> None:
+def warm_up(settings: Settings, renderer: Renderer, signer: DkimSigner | None = None) -> None:
     """Render a made-up digest while the parent still fetches and plans: the first email pays
     for parsing the stylesheet and for the first calls into lxml, premailer and Jinja, and
     this child is idle meanwhile anyway."""
@@ -56,7 +57,7 @@ def warm_up(settings: Settings, renderer: Renderer) -> None:
     # A template problem is not this digest's to report: the first real digest meets it and
     # reports it for itself.
     with contextlib.suppress(RenderError):
-        render_batch(settings, renderer, [digest])
+        render_batch(settings, renderer, [digest], signer)
 
 
 class RenderService:
@@ -65,6 +66,7 @@ class RenderService:
     def __init__(self) -> None:
         self.settings: Settings | None = None
         self.renderer: Renderer | None = None
+        self.signer: DkimSigner | None = None
         self.entries: dict[int, Entry] = {}  # every entry received, for later batches' ids
         self.logged: list[tuple[str, int, str]] = []
         handler = logging.Handler(logging.WARNING)
@@ -76,20 +78,22 @@ class RenderService:
     def __call__(self, request: Any) -> object:
         if isinstance(request, Settings):
             from ..render import Renderer
+            from ..sign import load_signer
 
             try:
                 self.renderer = Renderer(request)
-            except RenderError as exc:
+                self.signer = load_signer(request)
+            except (RenderError, ConfigError) as exc:
                 return str(exc)
             self.settings = request
-            warm_up(request, self.renderer)
+            warm_up(request, self.renderer, self.signer)
             return None
         assert self.settings is not None and self.renderer is not None
         for digest in request:
             for section in digest.sections:
                 for match in section.matches:
                     self.entries[match.entry.id] = match.entry
-        results = render_batch(self.settings, self.renderer, request)
+        results = render_batch(self.settings, self.renderer, request, self.signer)
         logged, self.logged = self.logged, []
         return [str(r) if isinstance(r, RenderError) else r for r in results], logged
 

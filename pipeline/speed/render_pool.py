@@ -32,6 +32,7 @@ from ..models import Digest, Entry, OutgoingMessage
 
 if TYPE_CHECKING:  # imported where used: a large send renders in its children, not here
     from ..render import Renderer
+    from ..sign import DkimSigner
 
 log = logging.getLogger("digest")
 
@@ -44,13 +45,16 @@ MAX_CHILDREN = 4
 Result = OutgoingMessage | RenderError
 
 
-def render_batch(settings: Settings, renderer: Renderer, digests: Sequence[Digest]) -> list[Result]:
-    """Each digest's message, or the RenderError that stopped it (one premailer call for all)."""
+def render_batch(
+    settings: Settings, renderer: Renderer, digests: Sequence[Digest], signer: DkimSigner | None = None
+) -> list[Result]:
+    """Each digest's message (DKIM-signed by ``signer``, if any), or the RenderError that
+    stopped it (one premailer call for all)."""
     renderer.prepare(digests)
     results: list[Result] = []
     for digest in digests:
         try:
-            results.append(digest_message(settings, digest, renderer.render(digest)))
+            results.append(digest_message(settings, digest, renderer.render(digest), signer))
         except RenderError as exc:
             results.append(exc)
     return results
@@ -84,8 +88,13 @@ class RenderPool:
     """
 
     def __init__(self, settings: Settings, children: int = 0) -> None:
+        from ..sign import load_signer
+
         self.settings = settings
         self.renderer: Renderer | None = None  # for rendering here, made when first needed
+        # Loaded first: a bad [dkim] key stops a send before anything is planned or committed.
+        # Children load it too, from the same settings; this one signs what is rendered here.
+        self.signer = load_signer(settings)
         self.children: list[RenderChild] = []
         for _ in range(children):
             try:
@@ -194,7 +203,7 @@ class RenderPool:
             from ..render import Renderer
 
             self.renderer = Renderer(self.settings)
-        return render_batch(self.settings, self.renderer, digests)
+        return render_batch(self.settings, self.renderer, digests, self.signer)
 
 
 def for_rendering(settings: Settings) -> Settings:

@@ -31,11 +31,14 @@ from sqlalchemy import Connection, insert, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
+from .archive import Archive, ArchivedEntries, SentDigest
+from .bounces import BouncedDelivery, BounceEvent, Bounces, BounceTally, Suppression
 from .entries import Entries
 from .feeds import Feeds
-from .leases import Leases, LeaseState, owner_id
+from .leases import Leases, LeaseState, host_id, owner_id
 from .migrate import _upgrade
 from .outbox import Outbox, SentMarker
+from .readers import ReaderChoices, Readers
 from .records import FeedState, OutboxRow, QueuedDigest, SubscriberState
 from .schema import (
     ALERT_RECOVERED,
@@ -49,6 +52,8 @@ from .schema import (
     metadata,
     utcnow,
 )
+from .signups import Signup, Signups
+from .slots import Slots
 from .sql import _serialise
 from .sqlite import (
     _engine,
@@ -60,6 +65,8 @@ from .sqlite import (
     sqlite_file,
 )
 from .subscribers import Subscribers
+from .votes import VOTES, Vote, VoteCounts, VoteKind, Votes, voter
+from .workers import Workers, WorkerState
 
 __all__ = [
     "ALERT_RECOVERED",
@@ -69,19 +76,36 @@ __all__ = [
     "SCHEMA_VERSION",
     "SENDING",
     "SENT",
+    "VOTES",
+    "ArchivedEntries",
+    "BounceEvent",
+    "BounceTally",
+    "BouncedDelivery",
     "FeedState",
     "LeaseState",
     "OutboxRow",
     "QueuedDigest",
+    "ReaderChoices",
+    "SentDigest",
     "SentMarker",
+    "Signup",
     "Store",
     "SubscriberState",
+    "Suppression",
+    "Vote",
+    "VoteCounts",
+    "VoteKind",
+    "WorkerState",
+    "host_id",
     "owner_id",
     "utcnow",
+    "voter",
 ]
 
 
-class Store(Feeds, Entries, Subscribers, Leases, Outbox):
+class Store(
+    Feeds, Entries, Subscribers, Leases, Outbox, Readers, Slots, Workers, Votes, Archive, Bounces, Signups
+):
     """A handle on the state database; open one per process, close it when done.
 
     A state file that exists but holds no digest state (0 bytes, or another program's tables)

@@ -38,9 +38,22 @@ def _place() -> str:
 _STARTED = secrets.token_hex(4)
 
 
+HOST_ENV = "DIGEST_HOST_ID"
+
+
+def host_id() -> str:
+    """This machine's name in claims: $DIGEST_HOST_ID when set, else the host name.
+
+    Two containers on one host may share a host name; setting it tells them apart (and lets
+    a test play several machines on one). Processes claiming under another host's name are
+    never tested for life here: only their lease frees what they hold.
+    """
+    return os.environ.get(HOST_ENV) or socket.gethostname()
+
+
 def owner_id() -> str:
     """Who holds a claim: host, process, and where and when that process runs."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_place()}.{_STARTED}"
+    return f"{host_id()}:{os.getpid()}:{_place()}.{_STARTED}"
 
 
 def holder_is_dead(claimed_by: str | None) -> bool:
@@ -49,7 +62,7 @@ def holder_is_dead(claimed_by: str | None) -> bool:
         return True
     host, _, rest = claimed_by.partition(":")
     pid, _, scope = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != host_id() or not pid.isdigit():
         return False  # another machine's claim: only its lease can expire it
     # scope: place.started, and a run of the process may add .run (see owner_id)
     if scope and not scope.startswith(f"{_place()}."):

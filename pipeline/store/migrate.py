@@ -10,7 +10,14 @@ from __future__ import annotations
 from sqlalchemy import Connection, select, update
 
 from .identity import _fingerprint_of
-from .schema import SCHEMA_VERSION, entries_table, feeds_table, meta_table, sources_table
+from .schema import (
+    SCHEMA_VERSION,
+    entries_table,
+    feeds_table,
+    meta_table,
+    sources_table,
+    subscribers_table,
+)
 
 
 def _upgrade(conn: Connection, version: int) -> None:
@@ -42,5 +49,10 @@ def _upgrade(conn: Connection, version: int) -> None:
     if version < 4:
         conn.exec_driver_sql("ALTER TABLE deliveries ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0")
     if version < 5:
-        pass  # (version 5's tables are new: ``create_all`` made them before this step)
+        # (version 5's tables are new: ``create_all`` made them before this step)
+        for name in ("next_due_at", "due_for"):  # digest worker's schedule slots
+            kind = subscribers_table.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE subscribers ADD COLUMN {name} {kind}")
+        for index in subscribers_table.indexes:
+            index.create(conn, checkfirst=True)
     conn.execute(update(meta_table).where(meta_table.c.key == "schema").values(value=str(SCHEMA_VERSION)))

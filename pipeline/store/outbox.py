@@ -48,29 +48,7 @@ class Outbox(Transactions):
         if not deliveries:
             return []
         with self._tx() as conn:
-            _serialise(conn, "outbox")
-            ids = [d.message_id for d in deliveries]
-            present: set[str] = set()
-            for chunk in _chunks(ids, 500):
-                present.update(
-                    conn.execute(
-                        select(deliveries_table.c.message_id).where(deliveries_table.c.message_id.in_(chunk))
-                    ).scalars()
-                )
-            todo = [d for d in deliveries if d.message_id not in present]
-            if not todo:
-                return []
-            delivery_ids = _insert_digests(conn, todo)
-            accepted = _keep_whole(conn, todo, delivery_ids)
-            if accepted:
-                statement = _dialect_insert(conn, subscribers_table)
-                conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=["email"], set_={"last_digest_at": statement.excluded.last_digest_at}
-                    ),
-                    [{"email": d.subscriber, "last_digest_at": d.created_at} for d in accepted],
-                )
-        return accepted
+            return enqueue_in(conn, deliveries)
 
     def count_due(self, now: datetime) -> int:
         """How many outbox rows a ``claim`` at ``now`` could take (a hint for progress bars)."""
@@ -149,6 +127,17 @@ class Outbox(Transactions):
                     )
                     .values(lease_until=until)
                 )
+
+    def renew_held(self, owner: str, until: datetime) -> int:
+        """Extend the lease on every row ``owner`` holds (claimed, being sent); how many."""
+        c = deliveries_table.c
+        with self._tx() as conn:
+            done = conn.execute(
+                update(deliveries_table)
+                .where(c.state == SENDING, c.claimed_by == owner)
+                .values(lease_until=until)
+            )
+            return int(done.rowcount)
 
     # Every update of a claimed row is fenced: it changes the row only while this sender still
     # holds it (state sending, claimed by ``owner``). A sender paused past its lease (SIGSTOP,
@@ -270,6 +259,33 @@ class Outbox(Transactions):
                 select(deliveries_table.c.state, func.count()).group_by(deliveries_table.c.state)
             )
             return {row[0]: row[1] for row in rows}
+
+
+def enqueue_in(conn: Connection, deliveries: Sequence[QueuedDigest]) -> list[QueuedDigest]:
+    """:meth:`Outbox.enqueue` inside the caller's transaction (which may write more with it)."""
+    _serialise(conn, "outbox")
+    ids = [d.message_id for d in deliveries]
+    present: set[str] = set()
+    for chunk in _chunks(ids, 500):
+        present.update(
+            conn.execute(
+                select(deliveries_table.c.message_id).where(deliveries_table.c.message_id.in_(chunk))
+            ).scalars()
+        )
+    todo = [d for d in deliveries if d.message_id not in present]
+    if not todo:
+        return []
+    delivery_ids = _insert_digests(conn, todo)
+    accepted = _keep_whole(conn, todo, delivery_ids)
+    if accepted:
+        statement = _dialect_insert(conn, subscribers_table)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["email"], set_={"last_digest_at": statement.excluded.last_digest_at}
+            ),
+            [{"email": d.subscriber, "last_digest_at": d.created_at} for d in accepted],
+        )
+    return accepted
 
 
 def _insert_digests(conn: Connection, todo: list[QueuedDigest]) -> list[int]:

@@ -46,6 +46,8 @@ class SubscriberState:
     last_digest_at: datetime | None
     last_checked_at: datetime | None
     last_scheduled_at: datetime | None
+    next_due_at: datetime | None = None  # digest worker: the next schedule slot
+    due_for: str | None = None  # digest worker: the schedule next_due_at was computed from
 
 
 @dataclass(frozen=True, slots=True)

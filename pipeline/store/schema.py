@@ -123,6 +123,11 @@ subscribers_table = Table(
     Column("last_digest_at", UTCDateTime),  # the last digest put in the outbox
     Column("last_checked_at", UTCDateTime),  # the last real send that considered them
     Column("last_scheduled_at", UTCDateTime),  # the last scheduled time served (scheduler)
+    # digest worker: the subscriber's next schedule slot (the tick reads only the due ones,
+    # through the index), and the schedule and zone it was computed from.
+    Column("next_due_at", UTCDateTime),
+    Column("due_for", Text),
+    Index("ix_subscribers_next_due_at", "next_due_at"),
 )
 
 deliveries_table = Table(
@@ -167,6 +172,124 @@ leases_table = Table(
     Column("holder", String(255), nullable=False),  # host:pid
     Column("acquired_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# --- bounces (schema 5): what came back from each delivery, and who gets no more digests ------
+# (pipeline/store/bounces.py) No foreign key to deliveries: pruning an old outbox row must not
+# take its bounces with it, nor the suppression they caused.
+bounce_events_table = Table(
+    "bounce_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("subscriber", String(320), nullable=False, index=True),
+    Column("delivery_id", Integer, nullable=False, index=True),  # the outbox row that bounced
+    Column("delivery_created_at", UTCDateTime, nullable=False),  # its order among the deliveries
+    Column("kind", String(8), nullable=False),  # hard | soft
+    Column("status", String(16)),  # the RFC 3463 code (5.1.1), or the SMTP reply code
+    Column("diagnostic", Text),
+    Column("source", Text, nullable=False),  # "smtp" (refused at RCPT), or the mailbox message
+    Column("at", UTCDateTime, nullable=False),
+)
+
+suppressions_table = Table(
+    "suppressions",
+    metadata,
+    Column("subscriber", String(320), primary_key=True),
+    Column("since", UTCDateTime),  # set: no more digests; None: lifted (``digest unsuppress``)
+    Column("kind", String(8)),  # the bounce that decided it: hard | soft
+    Column("status", String(16)),
+    Column("diagnostic", Text),
+    Column("counts_from", UTCDateTime),  # deliveries made before this no longer count
+)
+
+# --- digest worker (pipeline.worker) -----------------------------------------------------------
+# A schedule slot planned for a subscriber: the unique key makes a repeated or duplicated
+# planning job plan nothing twice; written in the transaction that enqueues the digest.
+slots_table = Table(
+    "planned_slots",
+    metadata,
+    Column("subscriber", String(320), primary_key=True),
+    Column("slot_at", UTCDateTime, primary_key=True),
+    Column("planned_at", UTCDateTime, nullable=False, index=True),
+    Column("message_id", String(255)),  # None: nothing new for them at that slot
+)
+
+# The worker processes: who is alive (last heartbeat), for ``status`` and the shared SMTP rate.
+workers_table = Table(
+    "workers",
+    metadata,
+    Column("id", String(255), primary_key=True),  # its owner id (host:pid:scope)
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False, index=True),
+)
+
+# The SMTP rate shared by every sender of this database: one row per budget, the time from
+# which the next message may go (taken in blocks, so not a round trip per message).
+send_budget_table = Table(
+    "send_budget",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("next_at", UTCDateTime, nullable=False),
+)
+
+# --- readers' own choices (schema 5; ``digest serve``, pipeline/store/readers.py) --------------
+# One row per reader who acted on a link, by lower-cased address; a NULL column means "as the
+# config says". They win over the config for that reader (pipeline/run/audience.py).
+readers_table = Table(
+    "readers",
+    metadata,
+    Column("email", String(320), primary_key=True),  # lower-cased
+    Column("unsubscribed_at", UTCDateTime),  # set: no digests (None again after re-subscribing)
+    Column("unsubscribed_via", String(16)),  # "web" (a page or the one-click POST)
+    Column("topics", JSON(none_as_null=True)),  # the topic names they chose, in the config's order
+    Column("schedule", Text),  # a schedule as the config writes it ("daily 07:00")
+    Column("paused_until", UTCDateTime),  # no digests before this
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# --- readers' votes (schema 5; "more / less like this", pipeline/store/votes.py) ---------------
+# One current vote per reader and entry, by lower-cased address (as their links sign it); a
+# changed vote replaces the old. No foreign key to entries: a vote outlives its entry's text.
+votes_table = Table(
+    "votes",
+    metadata,
+    Column("subscriber", String(320), primary_key=True),  # lower-cased
+    Column("entry_id", Integer, primary_key=True),
+    Column("vote", String(8), nullable=False),  # more | less
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_votes_entry_id", "entry_id"),
+)
+
+# --- web sign-ups (schema 5; ``[web] signup``, pipeline/store/signups.py) -----------------------
+# One row per address that asked to subscribe on the web, by lower-cased address. A request
+# waits (``code``, ``pending_topics``) until its confirmation link is used, and is pruned after
+# ``[web] signup_expires``; ``confirmed_at`` set: a subscriber (pipeline/run/audience.py).
+signups_table = Table(
+    "signups",
+    metadata,
+    Column("email", String(320), primary_key=True),  # lower-cased
+    Column("address", String(320), nullable=False),  # as given (normalised): where mail goes
+    Column("topics", JSON(none_as_null=True)),  # the confirmed topics (NULL: never confirmed)
+    Column("confirmed_at", UTCDateTime),
+    Column("pending_topics", JSON(none_as_null=True)),  # those of the request waiting for confirmation
+    Column("code", String(64)),  # that request's nonce, signed into its link (None: none waits)
+    Column("requested_at", UTCDateTime, nullable=False),  # the last request
+)
+
+# Sign-up requests within the last hour, for the rate limits (held in the database, so they
+# hold across processes and restarts): kind "client" (a request from that client) or "address"
+# (a confirmation email to that address).
+signup_requests_table = Table(
+    "signup_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(8), nullable=False),
+    Column("key", String(320), nullable=False),
+    Column("at", UTCDateTime, nullable=False, index=True),
+    Index("ix_signup_requests_kind_key", "kind", "key", "at"),
 )
 
 # The states of an outbox row (``deliveries.state``) and of a feed's alert (``feeds.alert``).

@@ -150,7 +150,7 @@ def test_the_config_of_these_tests_is_valid(cli: Callable[..., Result], tmp_path
         (
             'title = "T"',
             'title = "T"\nevery = "1h"',
-            ":3: digest.every: unknown key in [digest]: `every` belongs in [fetch] or [[feeds]]",
+            ":3: digest.every: unknown key in [digest]: `every` belongs in [fetch] or [[feeds]] or [bounces]",
         ),
         (
             "[digest]",

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from pipeline.config import cron_day_of_week, email_address, load_settings, parse_duration, parse_schedule
 from pipeline.errors import ConfigError
+from pipeline.web.tokens import Signer
 
 GOOD = """
 [digest]
@@ -304,15 +305,18 @@ def test_an_address_is_taken_exactly_as_email_validator_takes_it(local: str, dom
 
 
 def test_list_unsubscribe_one_click_with_a_base_url(
-    cli: Callable[..., Result], tmp_path: Path, smtp_server: SmtpServer
+    cli: Callable[..., Result], tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    key = "k" * 32
+    monkeypatch.setenv("DIGEST_WEB_SECRET", key)
     config = many(
         tmp_path, 1, smtp_section(smtp_server), extra_digest='base_url = "https://digest.example.net"'
     )
     assert cli("--config", config, "send").exit_code == 0
     (message,) = smtp_server.handler.messages
+    token = Signer(key.encode()).token("unsubscribe", "user0@example.org")  # (signed: digest serve's link)
     assert str(message["List-Unsubscribe"]).strip() == (
-        "<https://digest.example.net/unsubscribe?email=user0%40example.org>, "
+        f"<https://digest.example.net/u/{token}>, "
         "<mailto:digest@example.net?subject=unsubscribe%20user0%40example.org>"
     )
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

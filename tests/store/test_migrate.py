@@ -27,7 +27,12 @@ def test_a_version_1_database_upgrades_itself(configure: Callable[..., Path], tm
         run.fetch_all(settings, store, clock=lambda: T0)
     # Turn the file back into what the first release wrote.
     with state_db(tmp_path) as conn:
-        for index in ("ix_entries_fingerprint", "ix_entries_first_seen", "ix_entry_sources_last_seen"):
+        for index in (
+            "ix_entries_fingerprint",
+            "ix_entries_first_seen",
+            "ix_entry_sources_last_seen",
+            "ix_subscribers_next_due_at",  # version 5
+        ):
             conn.execute(f"drop index {index}")
         for table, column in [
             ("feeds", "last_error_at"),
@@ -39,6 +44,8 @@ def test_a_version_1_database_upgrades_itself(configure: Callable[..., Path], tm
             ("entry_sources", "last_seen"),
             ("deliveries", "cut"),  # version 3
             ("deliveries", "unconfirmed"),  # version 4
+            ("subscribers", "next_due_at"),  # version 5 (digest worker)
+            ("subscribers", "due_for"),
         ]:
             conn.execute(f"alter table {table} drop column {column}")
         conn.execute("update meta set value = '1' where key = 'schema'")

@@ -1,0 +1,199 @@
+"""Bounces in the chain: VERP senders for the outbox, the bounce mailbox, refusals at RCPT.
+
+- ``read_bounces``: mailbox -> parse (:mod:`pipeline.bounces`) -> the delivery it names ->
+  the store's record (which suppresses past the limits) -> the message moved to
+  ``processed_folder``. A message is moved once everything it says is recorded, or once it is
+  known to name no delivery of ours (a forged or forgotten token: it never will); one that is
+  no bounce we can read is left where it is and reported, with its reference and why.
+- ``record_rejection``: the outbox gave up on a digest the server refused at RCPT: a 5xx is a
+  hard bounce, a 4xx that outlived ``give_up_after`` a soft one.
+- ``unsuppress``: lift a suppression, reset the counts.
+
+Which delivery a bounce names: the VERP token of an address it came back to (To,
+Delivered-To, X-Original-To, Envelope-To, the returned message's Return-Path) or its
+Original-Envelope-Id, checked against the row's Message-ID; a token of our shape that does not
+check out is forged, and the bounce is ignored. Only a bounce with no token at all is matched
+by the Message-ID of the returned message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..bounces import Bounce, BounceMailbox, Verp, open_mailbox, parse_bounce
+from ..config import Settings
+from ..errors import BounceError, DeliveryError
+from ..store import BouncedDelivery, BounceEvent, BounceTally, OutboxRow, Store, Suppression, utcnow
+from .clock import Clock
+
+log = logging.getLogger("digest")
+
+_STATUS = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
+
+Result = Literal["recorded", "ignored", "left"]
+
+
+@dataclass(frozen=True, slots=True)
+class BounceOutcome:
+    """What became of one message of the bounce mailbox."""
+
+    ref: str  # "UID 17" or the Maildir file name
+    result: Result  # recorded (and moved), ignored (and moved), left (where it was)
+    detail: str
+    subscriber: str | None = None
+    suppressed: bool = False  # this bounce suppressed the subscriber
+
+
+@dataclass(slots=True)
+class BounceReport:
+    """One reading of the bounce mailbox."""
+
+    mailbox: str
+    outcomes: list[BounceOutcome] = field(default_factory=list)
+
+    def count(self, result: Result) -> int:
+        return sum(1 for o in self.outcomes if o.result == result)
+
+
+def envelope_senders(settings: Settings, store: Store) -> Verp | None:
+    """What makes each delivery's VERP envelope sender; None without ``[bounces]``."""
+    if settings.bounces is None:
+        return None
+    return Verp(settings.bounces.address, store.verp_key())
+
+
+def read_bounces(
+    settings: Settings, store: Store, *, clock: Clock = utcnow, mailbox: BounceMailbox | None = None
+) -> BounceReport:
+    """Read the bounce mailbox once: record each bounce, move what was processed."""
+    config = settings.bounces
+    if config is None:
+        raise BounceError("the config has no [bounces] section")
+    box = mailbox or open_mailbox(config)
+    verp = Verp(config.address, store.verp_key())
+    report = BounceReport(box.where)
+    with box:
+        for message in box.messages():
+            outcome = _one(settings, store, verp, message.ref, message.data, box.where, clock)
+            if outcome.result != "left":
+                try:
+                    box.move(message)
+                except BounceError as exc:
+                    # Recorded, not moved: the next reading sees it again and records nothing twice.
+                    outcome = BounceOutcome(message.ref, "left", f"{outcome.detail}; not moved: {exc}")
+            report.outcomes.append(outcome)
+            _log(outcome, box.where)
+    return report
+
+
+def _one(
+    settings: Settings, store: Store, verp: Verp, ref: str, data: bytes, where: str, clock: Clock
+) -> BounceOutcome:
+    assert settings.bounces is not None
+    try:
+        bounce = parse_bounce(data)
+    except BounceError as exc:
+        return BounceOutcome(ref, "left", str(exc))
+    worst = bounce.worst
+    if worst is None:
+        return BounceOutcome(ref, "ignored", f"a {bounce.shape} report of success: nothing failed")
+    delivery, why = _delivery_of(bounce, verp, store)
+    if delivery is None:
+        return BounceOutcome(ref, "ignored", f"{_describe(bounce)}: {why}")
+    kind = "hard" if worst.hard else "soft"
+    event = BounceEvent(delivery, kind, worst.status, worst.diagnostic, f"{where} {ref}", clock())
+    tally = store.record_bounce(
+        event, hard_limit=settings.bounces.hard_limit, soft_limit=settings.bounces.soft_limit
+    )
+    return BounceOutcome(
+        ref,
+        "recorded",
+        f"{_describe(bounce)}: {_tallied(tally)}"
+        + (" (read before: counted once)" if tally.duplicate else ""),
+        delivery.subscriber,
+        suppressed=tally.suppression is not None and tally.suppression.since == event.at,
+    )
+
+
+def _delivery_of(bounce: Bounce, verp: Verp, store: Store) -> tuple[BouncedDelivery | None, str]:
+    """The delivery a bounce names, or None and why not."""
+    tokens = verp.tokens([*bounce.addressed_to, bounce.envelope_id or ""])
+    if bounce.envelope_id and not tokens:
+        tokens = verp.tokens([f"{verp.local}+{bounce.envelope_id}@{verp.domain}"])
+    for token in tokens:
+        delivery = store.bounced_delivery(delivery_id=token.delivery_id)
+        if delivery is not None and verp.verifies(token, delivery.message_id):
+            return delivery, ""
+    if tokens:
+        return (
+            None,
+            f"its VERP token ({tokens[0].delivery_id}-…) names no delivery of ours (forged, or forgotten)",
+        )
+    if bounce.returned_message_id:
+        delivery = store.bounced_delivery(message_id=bounce.returned_message_id)
+        if delivery is not None:
+            return delivery, ""
+        return (
+            None,
+            f"no VERP token, and the returned Message-ID {bounce.returned_message_id} is none of ours",
+        )
+    return None, "no VERP token and no returned Message-ID: it names no delivery"
+
+
+def record_rejection(
+    settings: Settings, store: Store, row: OutboxRow, exc: DeliveryError, *, clock: Clock = utcnow
+) -> BounceTally | None:
+    """Record a digest refused at RCPT (5xx: hard; a 4xx that outlived give_up_after: soft)."""
+    config = settings.bounces
+    if config is None or not exc.recipient or exc.code is None:
+        return None
+    found = _STATUS.search(str(exc))
+    status = found.group(0) if found else str(exc.code)
+    kind = "soft" if exc.transient or status.startswith(("4.", "5.7.")) or status == "5.2.2" else "hard"
+    delivery = BouncedDelivery(row.id, row.subscriber, row.message_id, row.created_at, row.state)
+    tally = store.record_bounce(
+        BounceEvent(delivery, kind, status, str(exc), "smtp", clock()),
+        hard_limit=config.hard_limit,
+        soft_limit=config.soft_limit,
+    )
+    log.warning(
+        "bounce to=%s kind=%s status=%s source=smtp %s", row.subscriber, kind, status, _tallied(tally)
+    )
+    return tally
+
+
+def unsuppress(store: Store, email: str, *, clock: Clock = utcnow) -> tuple[Suppression | None, int]:
+    """Lift a subscriber's suppression and reset their bounce counts."""
+    return store.unsuppress(email.strip(), clock())
+
+
+def _describe(bounce: Bounce) -> str:
+    worst = bounce.worst
+    assert worst is not None
+    kind = "hard" if worst.hard else "soft"
+    what = "delay" if worst.action == "delayed" else "bounce"
+    text = f"{kind} {what} {worst.status}"
+    return f"{text} ({worst.diagnostic})" if worst.diagnostic else text
+
+
+def _tallied(tally: BounceTally) -> str:
+    if tally.suppression is not None:
+        return f"suppressed since {tally.suppression.since.isoformat(timespec='seconds')}"
+    return f"{tally.hard} hard, {tally.soft} soft in a row"
+
+
+def _log(outcome: BounceOutcome, where: str) -> None:
+    if outcome.result == "left":
+        log.warning("bounce mailbox=%s message=%r left=%r", where, outcome.ref, outcome.detail)
+    else:
+        log.info(
+            "bounce mailbox=%s message=%r to=%s %s=%r",
+            where,
+            outcome.ref,
+            outcome.subscriber or "-",
+            outcome.result,
+            outcome.detail,
+        )
