@@ -46,10 +46,23 @@ from pipeline.config import load_settings  # noqa: E402
 from pipeline.deliver import RateLimit  # noqa: E402
 from pipeline.store import Store  # noqa: E402
 from pipeline.worker.app import apply_engine_schema, make_app  # noqa: E402
-from pipeline.worker.rate import DividedRate, SharedRate  # noqa: E402
+from pipeline.worker.rate import SharedRate  # noqa: E402
 from pipeline.worker.tasks import Engine  # noqa: E402
 
 PYTHON = sys.executable
+
+
+class DividedRate(RateLimit):
+    """``rate`` divided by the live workers: the alternative to ``SharedRate`` measured here."""
+
+    def __init__(self, rate: float | None) -> None:
+        super().__init__(rate)
+        self.rate = rate
+
+    def share(self, workers: int) -> None:
+        """The number of live workers changed: this worker's share follows."""
+        if self.rate:
+            self.interval = max(1, workers) / self.rate
 
 
 def config_for(folder: Path, url: str, port: int, subscribers: int) -> Path:

@@ -4,7 +4,8 @@ Three shapes are read, in this order (the first that fits wins):
 
 - **RFC 3464 delivery status notifications**: a ``multipart/report`` (RFC 6522) with a
   ``message/delivery-status`` part, anywhere in the message (Postfix, Gmail, Exchange, modern
-  Exim, Sendmail). Each per-recipient block gives ``Final-Recipient``, ``Action`` (``failed``,
+  Exim, Sendmail). Each per-recipient block gives ``Final-Recipient`` (and perhaps
+  ``Original-Recipient``), ``Action`` (``failed``,
   ``delayed``; ``delivered``, ``relayed`` and ``expanded`` are not failures), ``Status``
   (RFC 3463: ``5.1.1``) and ``Diagnostic-Code``; the per-message block may give
   ``Original-Envelope-Id``. The returned message (``message/rfc822`` or
@@ -65,6 +66,7 @@ class Failure:
     action: str  # failed | delayed
     status: str  # RFC 3463, e.g. 5.1.1
     diagnostic: str  # the remote server's words, cleaned and cut
+    original_recipient: str | None = None  # Original-Recipient (RFC 3461 ORCPT), when given
 
     @property
     def hard(self) -> bool:
@@ -145,7 +147,15 @@ def _rfc3464(message: Message, report: Message, addressed: list[str]) -> Bounce:
             block.get("Diagnostic-Code", "")
         )
         status = _status_code(_clean(block.get("Status", "")), diagnostic, action)
-        failures.append(Failure(_typed_address(block.get("Final-Recipient")), action, status, diagnostic))
+        failures.append(
+            Failure(
+                _typed_address(block.get("Final-Recipient")),
+                action,
+                status,
+                diagnostic,
+                _typed_address(block.get("Original-Recipient")),
+            )
+        )
     returned = _returned_headers(message)
     envelope_id = _clean(per_message.get("Original-Envelope-Id", "")) or None
     if returned is not None:

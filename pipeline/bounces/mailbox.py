@@ -1,8 +1,13 @@
 """The bounce mailbox: an IMAP folder (stdlib imaplib, TLS verified) or a local Maildir.
 
-Both readers have one interface (:class:`BounceMailbox`): ``messages()`` yields each message
-with a reference (``UID 17``, or its file name), ``move(message)`` puts a processed one into
-``[bounces] processed_folder``. Nothing is ever deleted that was not first copied:
+Both readers have one interface (:class:`BounceMailbox`): ``messages(skip)`` yields each message
+with a reference (``UID 17``, or its file name) and a key that stays its own while it is in the
+folder (``UIDVALIDITY/UID``; the Maildir unique name, without the ``:2,`` flags), oldest first,
+at most ``FETCH_LIMIT`` of them, passing over (unfetched, and not counted against the limit)
+the keys in ``skip``: the messages an earlier reading left, so a pile of them never stops new
+bounces from being read. ``present`` then holds the key of every message the folder listed.
+``move(message)`` puts a processed one into ``[bounces] processed_folder``. Nothing is ever
+deleted that was not first copied:
 
 - IMAP: ``UID MOVE`` (RFC 6851) when the server offers it; else ``UID COPY``, and only once the
   copy succeeded ``UID STORE +FLAGS (\\Deleted)`` and, with UIDPLUS (RFC 4315), ``UID EXPUNGE``
@@ -22,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import ssl
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -39,18 +44,20 @@ class MailboxMessage:
 
     ref: str  # "UID 17" or the Maildir file name
     data: bytes
+    key: str  # "UIDVALIDITY/UID", or the Maildir unique name: the same at each reading
 
 
 class BounceMailbox(Protocol):
     """Where bounces are read from (a context manager)."""
 
     where: str
+    present: frozenset[str]  # the keys of all messages the last messages() listed
 
     def __enter__(self) -> BounceMailbox: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
-    def messages(self) -> Iterator[MailboxMessage]: ...
+    def messages(self, skip: Collection[str] = ()) -> Iterator[MailboxMessage]: ...
 
     def move(self, message: MailboxMessage) -> None: ...
 
@@ -81,6 +88,8 @@ class ImapMailbox:
         self.where = f"imap://{config.imap_host}:{config.imap_effective_port}/{config.imap_folder}"
         self.conn: imaplib.IMAP4 | None = None
         self.capabilities: set[str] = set()
+        self.uidvalidity = ""
+        self.present: frozenset[str] = frozenset()
         self._created = False
 
     def __enter__(self) -> ImapMailbox:
@@ -126,6 +135,9 @@ class ImapMailbox:
             status, reply = conn.select(_quoted(cfg.imap_folder))
             if status != "OK":
                 raise BounceError(f"{self.where}: cannot open folder {cfg.imap_folder!r}: {_text(reply)}")
+            # UIDs name messages only within one UIDVALIDITY (RFC 3501 2.3.1.1): part of each key.
+            _, validity = conn.response("UIDVALIDITY")
+            self.uidvalidity = _text(validity) if validity and validity[0] is not None else ""
         except BounceError:
             _logout(conn)
             raise
@@ -154,19 +166,22 @@ class ImapMailbox:
             raise BounceError(f"{self.where}: not connected")
         return self.conn
 
-    def messages(self) -> Iterator[MailboxMessage]:
+    def messages(self, skip: Collection[str] = ()) -> Iterator[MailboxMessage]:
         conn = self._conn()
         try:
             status, found = conn.uid("SEARCH", "UNDELETED")
             if status != "OK":
                 raise BounceError(f"{self.where}: SEARCH failed: {_text(found)}")
-            uids = (found[0] or b"").split()[:FETCH_LIMIT]
-            for uid in uids:
-                status, parts = conn.uid("FETCH", uid.decode(), "(BODY.PEEK[])")
+            uids = [uid.decode() for uid in (found[0] or b"").split()]
+            listed = [(f"{self.uidvalidity}/{uid}", uid) for uid in uids]
+            self.present = frozenset(key for key, _ in listed)
+            wanted = [(key, uid) for key, uid in listed if key not in skip][:FETCH_LIMIT]
+            for key, uid in wanted:
+                status, parts = conn.uid("FETCH", uid, "(BODY.PEEK[])")
                 data = next((p[1] for p in parts if isinstance(p, tuple) and len(p) > 1), None)
                 if status != "OK" or not isinstance(data, bytes):
                     continue  # (expunged meanwhile by another client)
-                yield MailboxMessage(f"UID {uid.decode()}", data)
+                yield MailboxMessage(f"UID {uid}", data, key)
         except (imaplib.IMAP4.error, OSError) as exc:
             raise BounceError(f"{self.where}: {exc}") from exc
 
@@ -227,6 +242,7 @@ class MaildirMailbox:
         self.root = Path(str(config.maildir))
         self.where = str(self.root)
         self.processed = self.root / f".{config.processed_folder}"
+        self.present: frozenset[str] = frozenset()
         if "/" in config.processed_folder or config.processed_folder.startswith("."):
             raise BounceError(f"[bounces] processed_folder {config.processed_folder!r}: a plain folder name")
 
@@ -238,21 +254,22 @@ class MaildirMailbox:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def messages(self) -> Iterator[MailboxMessage]:
+    def messages(self, skip: Collection[str] = ()) -> Iterator[MailboxMessage]:
         files: list[Path] = []
         for sub in ("new", "cur"):
             folder = self.root / sub
             if folder.is_dir():
                 files += [f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
         files.sort(key=lambda f: f.name)
-        for file in files[:FETCH_LIMIT]:
+        self.present = frozenset(_unique(f.name) for f in files)
+        for file in [f for f in files if _unique(f.name) not in skip][:FETCH_LIMIT]:
             try:
                 data = file.read_bytes()
             except FileNotFoundError:
                 continue  # (taken by another reader meanwhile)
             except OSError as exc:
                 raise BounceError(f"{file}: cannot read: {exc}") from exc
-            yield MailboxMessage(f"{file.parent.name}/{file.name}", data)
+            yield MailboxMessage(f"{file.parent.name}/{file.name}", data, _unique(file.name))
 
     def move(self, message: MailboxMessage) -> None:
         source = self.root / message.ref
@@ -264,3 +281,9 @@ class MaildirMailbox:
             source.rename(self.processed / "cur" / name)
         except OSError as exc:
             raise BounceError(f"{source}: cannot move to {self.processed}: {exc}") from exc
+
+
+def _unique(name: str) -> str:
+    """A Maildir file's unique name: without the ``:2,FLAGS`` a mail reader may add or change
+    (moving it from ``new/`` to ``cur/``), so it is the same message's key either way."""
+    return name.split(":", 1)[0]

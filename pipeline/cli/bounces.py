@@ -15,12 +15,13 @@ from .words import plural
 def bounces(ctx: Context) -> None:
     """Read the [bounces] mailbox (IMAP or a Maildir) once and record every bounce in it.
 
-    Each bounce is matched to its digest by the VERP address it came back to (or the
-    Message-ID of the returned message) and counted; past hard_limit hard or soft_limit soft
+    Each bounce is matched to its digest by the VERP address it came back to (a bounce
+    without a valid token is ignored) and counted; past hard_limit hard or soft_limit soft
     bounces in a row the subscriber is suppressed (no more digests). What was processed is
     moved to processed_folder; a message that is no bounce digest can read is left where it
-    is and listed on standard error with why. `digest run` does the same every [bounces]
-    every. Exit 0 when the mailbox could be read, 1 when not, 2 without [bounces].
+    is and listed on standard error with why, once (later readings pass over it). `digest run`
+    does the same every [bounces] every. Exit 0 when the mailbox could be read, 1 when not, 2
+    without [bounces].
 
     Example: digest --config config/digest.toml bounces
     """
@@ -39,7 +40,9 @@ def bounces(ctx: Context) -> None:
     suppressed = sum(o.suppressed for o in report.outcomes)
     out.print(
         f"{report.mailbox}: {plural(len(report.outcomes), 'message')} read, {recorded} recorded, "
-        f"{ignored} ignored, {left} left in place; {plural(suppressed, 'subscriber')} newly suppressed",
+        f"{ignored} ignored, {left} left in place"
+        + (f" ({report.passed_over} more left before, not read again)" if report.passed_over else "")
+        + f"; {plural(suppressed, 'subscriber')} newly suppressed",
         markup=False,
     )
 

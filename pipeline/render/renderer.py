@@ -41,8 +41,12 @@ class Renderer:
     MEMO = 1024  # plans kept from ``prepare`` for ``render`` (a few claim batches)
     SECTIONS = 4096  # distinct sections kept, assembled, before starting over
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reader_links: bool = True) -> None:
+        """``reader_links=False``: emails as an archive page shows them, without the links that
+        act for the reader (preferences, unsubscribe, votes) and so without any of their
+        tokens; the footer says they are left out. Everything else is the same."""
         self.settings = settings
+        self.reader_links = reader_links
         override = settings.digest.templates
         templates = load_templates(override)
         self._subject, self._preheader = templates.whole[SUBJECT], templates.whole[PREHEADER]
@@ -55,7 +59,7 @@ class Renderer:
         )
         self._text = TextAssembler(templates, self._title, self._warn, splice=self._splice)
         # Vote links ("more / less like this") and the archive need the web app: a base_url.
-        self._links = EmailLinks(settings) if settings.digest.base_url else None
+        self._links = EmailLinks(settings) if settings.digest.base_url and reader_links else None
         self._votes = self._links.vote_prefix(self._splice.marker) if self._links is not None else None
         self._zones = {s.email.lower(): settings.zone_of(s) for s in settings.subscribers}
         self._dates: dict[tuple[datetime, str], str] = {}
@@ -153,6 +157,7 @@ class Renderer:
     def _context(self, digest: Digest) -> dict[str, Any]:
         """What the layout, subject and preheader templates see."""
         sections = [self._section(section) for section in digest.sections]
+        links = self.reader_links
         context: dict[str, Any] = {
             "title": self._title,
             "date": self._date(digest),
@@ -161,9 +166,11 @@ class Renderer:
             "total": digest.entry_count,
             "more": digest.more_count,
             "topics": [clean_text(t) for t in digest.topics],
-            "unsubscribe_url": self.settings.unsubscribe_url(digest.subscriber),
-            "preferences_url": self.settings.preferences_url(digest.subscriber),  # None without base_url
+            # (all None in an archived copy: ``archived`` says so, and no reader's token is in it)
+            "unsubscribe_url": self.settings.unsubscribe_url(digest.subscriber) if links else None,
+            "preferences_url": self.settings.preferences_url(digest.subscriber) if links else None,
             "archive_url": self._archive_url(digest.subscriber),  # (its page links the Atom feed)
+            "archived": not links,
             "preheader": "",
             "subject": "",
             TOKEN: self._links.vote_token(digest.subscriber) if self._links is not None else "",

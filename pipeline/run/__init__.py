@@ -36,7 +36,7 @@ from .inspection import (
     select_topics,
     status,
 )
-from .outbox import CLAIM_BATCH, LEASE, OutboxRun, deliver_due
+from .outbox import CLAIM_BATCH, OutboxRun, deliver_due
 from .recorder import SentRecorder
 from .reports import Outcome, Progress, SendReport
 from .scheduled import (
@@ -54,7 +54,6 @@ from .stored import OutboxEncoder, digest_from_row, queued_digest
 
 __all__ = [
     "CLAIM_BATCH",
-    "LEASE",
     "BounceOutcome",
     "BounceReport",
     "DueBatch",

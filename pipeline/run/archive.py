@@ -3,7 +3,11 @@
 Nothing is stored for the archive: a sent digest's outbox row keeps its spec (sections, and
 each entry's id, score and hits), and its page is the email rendered again from it by the
 same renderer, so it looks as it did in the mailbox (with today's text of each entry, if a
-feed corrected one since). The archive keeps what the outbox keeps (see
+feed corrected one since), except that it carries none of the links that act for the reader:
+no preferences, unsubscribe or vote links, so none of their tokens (the footer says they are
+left out). An archive page is reached from the Atom feed, whose address ends up in feed
+readers and services: holding it must never be enough to unsubscribe the reader or change
+their topics. The archive keeps what the outbox keeps (see
 :mod:`pipeline.store.archive`): a digest at least ``[digest] retain``; an entry older than
 that keeps only its title, link, date and feeds, and is later forgotten. Each page says how
 many of its entries are so reduced or gone.
@@ -76,7 +80,7 @@ class ArchiveRenderer:
         self._used = 0
 
     def render(self, digest: Digest) -> RenderedDigest:
-        """The digest's email, as ``send`` renders it."""
+        """The digest's email as ``send`` renders it, without the reader's links."""
         with self._lock:
             return self._current().render(digest)
 
@@ -89,7 +93,7 @@ class ArchiveRenderer:
         from ..render import Renderer  # (render's libraries load only when a page needs them)
 
         if self._renderer is None or self._used >= self.RENEW:
-            self._renderer = Renderer(self.settings)
+            self._renderer = Renderer(self.settings, reader_links=False)
             self._used = 0
         self._used += 1
         return self._renderer
@@ -106,8 +110,9 @@ def archived_digests(
 def archived_email(
     store: Store, renderer: ArchiveRenderer, subscriber: str, delivery_id: int
 ) -> ArchivedEmail | None:
-    """One of a subscriber's sent digests, its email rendered again; None if it is not one
-    of theirs, was not sent, or is no longer kept."""
+    """One of a subscriber's sent digests, its email rendered again without the reader's
+    links (see the module's note); None if it is not one of theirs, was not sent, or is no
+    longer kept."""
     sent = store.sent_digest(subscriber, delivery_id)
     if sent is None:
         return None

@@ -20,7 +20,7 @@ from datetime import datetime
 
 from ..config import Settings, SubscriberConfig
 from ..config.values import parse_schedule
-from ..store import ReaderChoices, Signup, Store
+from ..store import ReaderChoices, Signup, Store, utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +139,12 @@ def known_subscriber(settings: Settings, store: Store, email: str) -> Subscriber
     return as_subscriber(settings, signup) if signup is not None else None
 
 
-def withdrawn(store: Store, emails: Iterable[str]) -> dict[str, str]:
+def withdrawn(store: Store, emails: Iterable[str], now: datetime | None = None) -> dict[str, str]:
     """Of these addresses, those that must get nothing now, not even a digest already in the
-    outbox, by address as given: why (a reader who unsubscribed, or suppressed after bounces)."""
+    outbox, by address as given: why (a reader who unsubscribed, who is paused at ``now``,
+    the current time when None, or suppressed after bounces)."""
     emails = list(emails)
+    now = now if now is not None else utcnow()
     choices = store.readers_among(emails)  # (asked per claimed batch: only these rows)
     suppressed = store.suppressions()  # (few rows, if any)
     out = {}
@@ -151,6 +153,9 @@ def withdrawn(store: Store, emails: Iterable[str]) -> dict[str, str]:
         if found is not None and found.unsubscribed_at is not None:
             via, at = found.unsubscribed_via or "web", found.unsubscribed_at
             out[email] = f"not sent: the reader unsubscribed ({via}, at {at:%Y-%m-%d %H:%M} UTC)"
+        elif found is not None and found.paused_until is not None and found.paused_until > now:
+            # (a digest queued before the pause: the pause means none before it ends)
+            out[email] = f"not sent: the reader paused until {found.paused_until:%Y-%m-%d %H:%M} UTC"
         elif (gone := suppressed.get(email.lower())) is not None:
             since = f"{gone.since:%Y-%m-%d %H:%M} UTC"
             out[email] = f"not sent: suppressed after {gone.kind} bounces (since {since})"

@@ -3,8 +3,10 @@
 - ``read_bounces``: mailbox -> parse (:mod:`pipeline.bounces`) -> the delivery it names ->
   the store's record (which suppresses past the limits) -> the message moved to
   ``processed_folder``. A message is moved once everything it says is recorded, or once it is
-  known to name no delivery of ours (a forged or forgotten token: it never will); one that is
-  no bounce we can read is left where it is and reported, with its reference and why.
+  known to name no delivery of ours (a forged or forgotten token, or none: it never will); one
+  that is no bounce we can read is left where it is and reported, with its reference and why,
+  once: the store remembers it (:meth:`~pipeline.store.Store.left_in_mailbox`), and later
+  readings pass over it, so messages left in place never crowd out new bounces.
 - ``record_rejection``: the outbox gave up on a digest the server refused at RCPT: a 5xx is a
   hard bounce, a 4xx that outlived ``give_up_after`` a soft one.
 - ``unsuppress``: lift a suppression, reset the counts.
@@ -12,18 +14,26 @@
 Which delivery a bounce names: the VERP token of an address it came back to (To,
 Delivered-To, X-Original-To, Envelope-To, the returned message's Return-Path) or its
 Original-Envelope-Id, checked against the row's Message-ID; a token of our shape that does not
-check out is forged, and the bounce is ignored. Only a bounce with no token at all is matched
-by the Message-ID of the returned message.
+check out is forged, and the bounce is ignored. So is a bounce with no token at all: every
+digest goes out with a VERP envelope sender, so a real bounce of one carries its token, and
+the Message-ID of the returned message is no proof (anyone who saw the digest knows it, and
+anyone may write to the bounce address).
+
+Whose failure it is: a report whose Final-Recipient or Original-Recipient names another
+address than the delivery's subscriber is about a copy forwarded on from the subscriber's
+mailbox (an alias, a ``.forward``); its failure counts as soft, never hard (see
+:func:`_counted_failure`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..bounces import Bounce, BounceMailbox, Verp, open_mailbox, parse_bounce
+from ..bounces import Bounce, BounceMailbox, Failure, Verp, open_mailbox, parse_bounce
 from ..config import Settings
 from ..errors import BounceError, DeliveryError
 from ..store import BouncedDelivery, BounceEvent, BounceTally, OutboxRow, Store, Suppression, utcnow
@@ -53,6 +63,7 @@ class BounceReport:
 
     mailbox: str
     outcomes: list[BounceOutcome] = field(default_factory=list)
+    passed_over: int = 0  # messages left at earlier readings (reported then), not read again
 
     def count(self, result: Result) -> int:
         return sum(1 for o in self.outcomes if o.result == result)
@@ -76,9 +87,13 @@ def read_bounces(
     verp = Verp(config.address, store.verp_key())
     report = BounceReport(box.where)
     with box:
-        for message in box.messages():
+        before = store.left_in_mailbox(box.where)
+        unreadable: list[str] = []
+        for message in box.messages(skip=before):
             outcome = _one(settings, store, verp, message.ref, message.data, box.where, clock)
-            if outcome.result != "left":
+            if outcome.result == "left":
+                unreadable.append(message.key)  # (it stays so: the next readings pass over it)
+            else:
                 try:
                     box.move(message)
                 except BounceError as exc:
@@ -86,6 +101,14 @@ def read_bounces(
                     outcome = BounceOutcome(message.ref, "left", f"{outcome.detail}; not moved: {exc}")
             report.outcomes.append(outcome)
             _log(outcome, box.where)
+        store.remember_left(box.where, unreadable, present=box.present)
+        report.passed_over = len(before & box.present)
+    if report.passed_over:
+        log.info(
+            "bounce mailbox=%s passed_over=%d (left at earlier readings, not read again)",
+            box.where,
+            report.passed_over,
+        )
     return report
 
 
@@ -102,20 +125,59 @@ def _one(
         return BounceOutcome(ref, "ignored", f"a {bounce.shape} report of success: nothing failed")
     delivery, why = _delivery_of(bounce, verp, store)
     if delivery is None:
-        return BounceOutcome(ref, "ignored", f"{_describe(bounce)}: {why}")
-    kind = "hard" if worst.hard else "soft"
-    event = BounceEvent(delivery, kind, worst.status, worst.diagnostic, f"{where} {ref}", clock())
+        return BounceOutcome(ref, "ignored", f"{_describe(worst, worst.hard)}: {why}")
+    failure, hard, elsewhere = _counted_failure(bounce, delivery.subscriber)
+    kind = "hard" if hard else "soft"
+    event = BounceEvent(delivery, kind, failure.status, failure.diagnostic, f"{where} {ref}", clock())
     tally = store.record_bounce(
         event, hard_limit=settings.bounces.hard_limit, soft_limit=settings.bounces.soft_limit
+    )
+    forwarded = (
+        f" (for {elsewhere}, not {delivery.subscriber}: a forwarded copy, counted as soft)"
+        if elsewhere and failure.hard
+        else ""
     )
     return BounceOutcome(
         ref,
         "recorded",
-        f"{_describe(bounce)}: {_tallied(tally)}"
+        f"{_describe(failure, hard)}{forwarded}: {_tallied(tally)}"
         + (" (read before: counted once)" if tally.duplicate else ""),
         delivery.subscriber,
         suppressed=tally.suppression is not None and tally.suppression.since == event.at,
     )
+
+
+def _counted_failure(bounce: Bounce, subscriber: str) -> tuple[Failure, bool, str | None]:
+    """The failure that counts against ``subscriber``, whether it counts as hard, and the other
+    address it is about (None: the subscriber's own, or it names nobody).
+
+    A failure whose Final-Recipient or Original-Recipient is another address happened past the
+    subscriber's own mailbox: their server took the digest and forwarded it (an alias, a
+    ``.forward``), keeping our envelope sender, and the forward target refused it. It says
+    nothing about whether the subscriber's address works, so it is never hard: one such
+    bounce must not suppress the reader. It is recorded as soft rather than dropped, because
+    a forward that fails at every digest still means the reader gets none of them: like a
+    mailbox that stays full, ``soft_limit`` of them in a row suppress (and a digest delivered
+    in between resets the row as usual).
+    """
+    mine = _address(subscriber)
+    judged = []
+    for failure in bounce.failures:
+        named = [a for a in (failure.recipient, failure.original_recipient) if a]
+        other = next((a for a in named if _address(a) != mine), None)
+        judged.append((failure, failure.hard and other is None, other))
+    return max(judged, key=lambda j: (j[1], j[0].action == "failed", j[0].hard))
+
+
+def _address(value: str) -> str:
+    """An address to compare: without ``rfc822;`` and ``<>``, lower case, the domain in IDNA."""
+    text = value.strip()
+    if text[:7].lower() == "rfc822;":
+        text = text[7:]
+    local, _, domain = text.strip().strip("<>").strip().rpartition("@")
+    with contextlib.suppress(UnicodeError):  # (not IDNA: compared as written)
+        domain = domain.encode("idna").decode("ascii")
+    return f"{local}@{domain}".lower()
 
 
 def _delivery_of(bounce: Bounce, verp: Verp, store: Store) -> tuple[BouncedDelivery | None, str]:
@@ -132,15 +194,13 @@ def _delivery_of(bounce: Bounce, verp: Verp, store: Store) -> tuple[BouncedDeliv
             None,
             f"its VERP token ({tokens[0].delivery_id}-…) names no delivery of ours (forged, or forgotten)",
         )
-    if bounce.returned_message_id:
-        delivery = store.bounced_delivery(message_id=bounce.returned_message_id)
-        if delivery is not None:
-            return delivery, ""
-        return (
-            None,
-            f"no VERP token, and the returned Message-ID {bounce.returned_message_id} is none of ours",
-        )
-    return None, "no VERP token and no returned Message-ID: it names no delivery"
+    # No token: not matched by the returned Message-ID, which anyone who saw the digest knows
+    # and anyone may send back; a real bounce of a digest comes back to its VERP address.
+    return (
+        None,
+        "no VERP token: it names no delivery (a bounce of a digest comes back to its bounce+TOKEN "
+        "address; a Message-ID alone proves nothing)",
+    )
 
 
 def record_rejection(
@@ -170,13 +230,11 @@ def unsuppress(store: Store, email: str, *, clock: Clock = utcnow) -> tuple[Supp
     return store.unsuppress(email.strip(), clock())
 
 
-def _describe(bounce: Bounce) -> str:
-    worst = bounce.worst
-    assert worst is not None
-    kind = "hard" if worst.hard else "soft"
-    what = "delay" if worst.action == "delayed" else "bounce"
-    text = f"{kind} {what} {worst.status}"
-    return f"{text} ({worst.diagnostic})" if worst.diagnostic else text
+def _describe(failure: Failure, hard: bool) -> str:
+    kind = "hard" if hard else "soft"
+    what = "delay" if failure.action == "delayed" else "bounce"
+    text = f"{kind} {what} {failure.status}"
+    return f"{text} ({failure.diagnostic})" if failure.diagnostic else text
 
 
 def _tallied(tally: BounceTally) -> str:

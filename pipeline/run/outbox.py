@@ -30,7 +30,6 @@ from .stored import digest_from_row
 
 log = logging.getLogger("digest")
 
-LEASE = timedelta(minutes=2)  # the default of [worker] lease, which every sender uses
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
 CLAIM_BATCH = 50
@@ -187,7 +186,7 @@ class OutboxRun:
     def _still_wanted(self, rows: list[OutboxRow]) -> list[OutboxRow]:
         """The rows whose reader still wants them; a digest already in the outbox for a
         reader who unsubscribed since is not sent (marked failed, saying why)."""
-        gone = withdrawn(self.store, {row.subscriber for row in rows})
+        gone = withdrawn(self.store, {row.subscriber for row in rows}, self.clock())
         for row in rows:
             if row.subscriber in gone:
                 self.store.mark_failed(row.id, gone[row.subscriber], self.owner)

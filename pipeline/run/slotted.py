@@ -9,7 +9,9 @@ committed in one transaction (:meth:`Store.plan_slot`), so a repeated or duplica
 nothing twice and a crash plans nothing half. Delivery is ``deliver_due``'s, unchanged.
 
 As in ``digest run``: a subscriber seen for the first time waits for their next scheduled
-time; after downtime, a subscriber gets one digest for all the slots missed, not one each.
+time; after downtime, a subscriber gets one digest for all the slots missed, not one each;
+the slots of a pause, or after unsubscribing, are skipped, not owed: a reader who comes back
+(or changes schedule) is next due at their next scheduled time, not at once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from .sending import plan_digests
 from .stored import OutboxEncoder, queued_digest
 
 log = logging.getLogger("digest")
+
+# ``due_for`` of a subscriber taken out of the audience (paused, unsubscribed, suppressed, no
+# longer listed): unlike NULL (never slotted by a worker), it says that the slots since their
+# last digest were not owed, so that coming back does not bring them at once.
+EXCLUDED = "(excluded)"
 
 
 def schedule_of(settings: Settings, subscriber: SubscriberConfig) -> str:
@@ -60,7 +67,9 @@ def sync_schedules(settings: Settings, store: Store, now: datetime) -> int:
     from another schedule, and take it from those no longer in the audience; how many changed.
 
     Reads every subscriber: run at a worker's start and every few minutes, never per tick. A
-    subscriber ``digest run`` served before catches up from the last time it served.
+    subscriber ``digest run`` served before catches up from the last time it served; one who
+    comes back from being excluded (:data:`EXCLUDED`), or whose schedule changed, is next due
+    at their next scheduled time after ``now``: the slots missed meanwhile are not owed.
     """
     states = store.subscriber_states()
     slots = NextSlots(settings)
@@ -72,13 +81,15 @@ def sync_schedules(settings: Settings, store: Store, now: datetime) -> int:
         state = states.get(sub.email)
         if state is not None and state.due_for == signature and state.next_due_at is not None:
             continue
-        served = state.last_scheduled_at if state is not None else None
-        start = served if served is not None and (state is None or state.due_for is None) else now
+        # Only a subscriber no worker slotted yet (``digest run`` served them) catches up from
+        # their last scheduled time; after an exclusion or a change of schedule, from now.
+        served = state.last_scheduled_at if state is not None and state.due_for is None else None
+        start = served if served is not None else now
         rows.append((sub.email, slots(sub, start), signature))
     rows += [
-        (email, None, None)
+        (email, None, EXCLUDED)
         for email, state in states.items()
-        if email not in wanted and (state.next_due_at is not None or state.due_for is not None)
+        if email not in wanted and (state.next_due_at is not None or state.due_for != EXCLUDED)
     ]
     store.set_due(rows)
     return len(rows)
@@ -128,7 +139,7 @@ def plan_batch(
     people = {sub.email: sub for sub in audience(settings, store, now) if sub.email in due}
     report.gone = sorted(due - people.keys())
     if report.gone:  # (they come back with the next schedule sync, if they do)
-        store.set_due([(email, None, None) for email in report.gone])
+        store.set_due([(email, None, EXCLUDED) for email in report.gone])
     chosen = [people[email] for email in sorted(people)]
     digests = plan_digests(settings, store, chosen, now)
     encoder = OutboxEncoder()

@@ -10,20 +10,28 @@ delivery before it no longer count.
 
 The VERP key (:mod:`pipeline.bounces.verp`) is made once, at random, and kept in ``meta``, so
 every process and machine sharing the state database signs and checks the same tokens.
+
+``meta`` also keeps, per bounce mailbox, the messages that were left in it as no bounce we can
+read (:meth:`Bounces.left_in_mailbox`): later readings pass over them, so however many pile up
+they never crowd out the bounces that arrive after them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, delete, insert, select
 
 from .schema import FAILED, SENT, bounce_events_table, deliveries_table, meta_table, suppressions_table
 from .sql import Transactions, _dialect_insert, _serialise
 
 VERP_KEY = "verp_key"
+LEFT_KEY = "bounces_left:"  # + a hash of the mailbox's name: the messages left in it
 HARD, SOFT = "hard", "soft"
 
 
@@ -87,6 +95,26 @@ class Bounces(Transactions):
                     select(meta_table.c.value).where(meta_table.c.key == VERP_KEY)
                 ).scalar_one()
             return bytes.fromhex(found)
+
+    def left_in_mailbox(self, where: str) -> frozenset[str]:
+        """The keys of the messages left in mailbox ``where`` as unreadable at earlier readings."""
+        with self._tx() as conn:
+            return _left(conn, where)
+
+    def remember_left(self, where: str, left: Iterable[str], *, present: Iterable[str]) -> None:
+        """Remember the messages just left in ``where``; forget those no longer ``present`` in it
+        (moved or deleted by someone since), so what is kept never outgrows the mailbox."""
+        key = _left_key(where)
+        with self._tx() as conn:
+            _serialise(conn, key)
+            known = _left(conn, where)
+            keys = sorted((known & set(present)) | set(left))
+            if keys == sorted(known):
+                return  # (the usual reading: nothing new left, nothing taken away)
+            conn.execute(delete(meta_table).where(meta_table.c.key == key))
+            if keys:
+                value = json.dumps({"mailbox": where, "left": keys})
+                conn.execute(insert(meta_table).values(key=key, value=value))
 
     def bounced_delivery(
         self, *, delivery_id: int | None = None, message_id: str | None = None
@@ -188,6 +216,22 @@ class Bounces(Transactions):
                 if hard or soft:
                     out[name.lower()] = (hard, soft)
         return out
+
+
+def _left_key(where: str) -> str:
+    return LEFT_KEY + hashlib.sha256(where.encode()).hexdigest()[:40]  # (meta keys: 64 at most)
+
+
+def _left(conn: Connection, where: str) -> frozenset[str]:
+    found = conn.execute(select(meta_table.c.value).where(meta_table.c.key == _left_key(where))).scalar()
+    if found is None:
+        return frozenset()
+    try:
+        value = json.loads(found)
+        keys = value["left"] if value.get("mailbox") == where else []
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return frozenset()  # (unreadable: every message is read again once, nothing lost)
+    return frozenset(k for k in keys if isinstance(k, str))
 
 
 def _suppression(conn: Connection, subscriber: str) -> Suppression | None:

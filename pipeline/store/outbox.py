@@ -114,20 +114,6 @@ class Outbox(Transactions):
             )
             return [_outbox_row(row) for row in rows]
 
-    def renew(self, ids: Sequence[int], until: datetime, owner: str) -> None:
-        """Extend the lease on rows this process still holds."""
-        if ids:
-            with self._tx() as conn:
-                conn.execute(
-                    update(deliveries_table)
-                    .where(
-                        deliveries_table.c.id.in_(list(ids)),
-                        deliveries_table.c.state == SENDING,
-                        deliveries_table.c.claimed_by == owner,
-                    )
-                    .values(lease_until=until)
-                )
-
     def renew_held(self, owner: str, until: datetime) -> int:
         """Extend the lease on every row ``owner`` holds (claimed, being sent); how many."""
         c = deliveries_table.c

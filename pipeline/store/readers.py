@@ -78,9 +78,15 @@ class Readers(Transactions):
             conn.execute(statement.on_conflict_do_update(index_elements=["email"], set_=values))
 
     def unsubscribe_reader(self, email: str, now: datetime, *, via: str = "web") -> bool:
-        """Unsubscribe a reader at once; False if they already were (the first time stays)."""
-        current = self.reader_choice(email)
-        if current is not None and current.unsubscribed_at is not None:
-            return False
-        self.record_reader_choices(email, now, unsubscribed_at=now, unsubscribed_via=via)
-        return True
+        """Unsubscribe a reader at once; False if they already were (the first time stays).
+
+        One statement: an upsert whose update applies only while ``unsubscribed_at`` is NULL,
+        so of two unsubscribes racing (a one-click POST and the page's button, two processes)
+        the first time and way stick, and the reader's other choices are left as they are."""
+        values = {"unsubscribed_at": now, "unsubscribed_via": via, "updated_at": now}
+        with self._tx() as conn:
+            statement = _dialect_insert(conn, readers_table).values(email=email.lower(), **values)
+            statement = statement.on_conflict_do_update(
+                index_elements=["email"], set_=values, where=readers_table.c.unsubscribed_at.is_(None)
+            )
+            return bool(conn.execute(statement).rowcount)

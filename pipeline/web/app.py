@@ -59,14 +59,18 @@ def style() -> Response:
     return Response(css, mimetype="text/css", headers={"Cache-Control": "public, max-age=3600"})
 
 
-def page_templates(settings: Settings) -> jinja2.Environment:
-    """The pages' Jinja environment: the ``[digest] templates`` override first, then ours."""
+def page_templates(settings: Settings, *, html: bool = True) -> jinja2.Environment:
+    """The pages' Jinja environment: the ``[digest] templates`` override first, then ours.
+
+    ``html=False``: for plain-text emails (no HTML escaping; every value in them is ours or a
+    validated address).
+    """
     folders = [str(BUILTIN_TEMPLATES)]
     if settings.digest.templates:
         folders.insert(0, settings.digest.templates)
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(folders),
-        autoescape=True,  # every name: ``select_autoescape`` would miss some (see FACTS)
+        autoescape=html,  # every name: ``select_autoescape`` would miss some (see FACTS)
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -2,9 +2,11 @@
 digest, as it was emailed), and ``BASE/feed/TOKEN.atom`` (them as an Atom feed).
 
 Each page is rebuilt from the outbox (:mod:`pipeline.run.archive`): an archived digest is its
-email rendered again by the same renderer, shown as it is (its inlined styles are allowed by
-its own Content-Security-Policy, which still allows no script) under a short note saying
-what it is and what of it is no longer stored. Links are built from ``[digest] base_url``
+email rendered again by the same renderer, without the links that act for the reader
+(preferences, unsubscribe, votes: the feed links these pages, and a feed's address is
+given to feed readers), shown as it is (its inlined styles are allowed by its own
+Content-Security-Policy, which still allows no script) under a short note saying what it is
+and what of it is no longer stored. Links are built from ``[digest] base_url``
 only, and every one in the feed is absolute. A bad token or a digest that is not the
 reader's gets the plain 404 page.
 """
@@ -92,7 +94,8 @@ def index(token: str) -> Response:
 
 @blueprint.get("/archive/<token>/<int:delivery_id>")
 def digest_page(token: str, delivery_id: int) -> Response:
-    """One digest as it was emailed, under a note saying what is no longer stored."""
+    """One digest as it was emailed (less the reader's links), under a note saying what is no
+    longer stored."""
     subscriber = subscriber_for("archive", token)
     site = web()
     found = archived_email(site.store, _renderer(), subscriber.email, delivery_id)

@@ -97,6 +97,19 @@ def _when(value: datetime, zone: ZoneInfo) -> str:
     return value.astimezone(zone).strftime("%A %d %B %Y, %H:%M %Z")
 
 
+def topic_choices(settings: Settings, selected: set[str]) -> list[dict[str, object]]:
+    """One checkbox per topic the config defines, as the pages' templates show them."""
+    return [
+        {
+            "name": name,
+            "title": settings.topic_title(name),
+            "matches": describe_topic(settings, name),
+            "checked": name in selected,
+        }
+        for name in settings.topics
+    ]
+
+
 def describe_topic(settings: Settings, name: str) -> str:
     """What a topic matches, in a line: its keywords, query, exclusions and feeds."""
     topic = settings.topics[name]
@@ -134,15 +147,7 @@ def _page(
         "web/preferences.html",
         status,
         email=subscriber.email,
-        topics=[
-            {
-                "name": name,
-                "title": settings.topic_title(name),
-                "matches": describe_topic(settings, name),
-                "checked": name in selected,
-            }
-            for name in settings.topics
-        ],
+        topics=topic_choices(settings, selected),
         schedule=form.get("schedule", "") if form is not None else str(current.schedule),
         config_schedule=str(subscriber.schedule),
         zone=str(zone),

@@ -26,13 +26,12 @@ import secrets
 from datetime import datetime
 from typing import Any
 
-import jinja2
 from flask import Blueprint, Response, abort, request
 
 from ..config import Settings, email_address
 from ..errors import ConfigError, DeliveryError
-from ..render.templates import BUILTIN_TEMPLATES
 from ..store import Signup, Store
+from .app import page_templates
 from .context import Site, page, web
 from .forms import check_form, form_token
 from .links import reader_link, site_url, subscriber_subject
@@ -145,7 +144,7 @@ def send_signup_email(
         store.request_signup(address, topics, code, now)
         values["confirm_url"] = confirm_url(settings, address, code, now)
         subject = f"Confirm your subscription to {settings.digest.title}"
-    text = _email_templates(settings).get_template(EMAIL_TEMPLATE).render(**values)
+    text = page_templates(settings, html=False).get_template(EMAIL_TEMPLATE).render(**values)
     message = signup_message(
         sender=settings.sender,
         list_id=settings.list_id,
@@ -293,21 +292,13 @@ def _form(
     sent: str = "",
 ) -> Response:
     settings = web().settings
-    from .preferences import describe_topic
+    from .preferences import topic_choices
 
     selected = set(chosen or ())
     return page(
         "web/signup.html",
         status,
-        topics=[
-            {
-                "name": name,
-                "title": settings.topic_title(name),
-                "matches": describe_topic(settings, name),
-                "checked": name in selected,
-            }
-            for name in settings.topics
-        ],
+        topics=topic_choices(settings, selected),
         typed=typed,
         error=error,
         sent=sent,
@@ -334,16 +325,3 @@ def _duration(seconds: float) -> str:
         return f"{hours // 24} days"
     return f"{hours} hours" if hours != 1 else "1 hour"
 
-
-def _email_templates(settings: Settings) -> jinja2.Environment:
-    """Text templates (no HTML escaping) from the ``[digest] templates`` override, then ours."""
-    folders = [str(BUILTIN_TEMPLATES)]
-    if settings.digest.templates:
-        folders.insert(0, settings.digest.templates)
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(folders),
-        autoescape=False,  # plain text; every value in it is ours or a validated address
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )

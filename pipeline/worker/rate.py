@@ -50,16 +50,3 @@ class SharedRate(RateLimit):
             self.next_at = max(self.next_at, time.monotonic()) + self.interval
         if delay > 0:
             time.sleep(delay)
-
-
-class DividedRate(RateLimit):
-    """``rate`` divided by the live workers (kept for the benchmark's comparison)."""
-
-    def __init__(self, rate: float | None) -> None:
-        super().__init__(rate)
-        self.rate = rate
-
-    def share(self, workers: int) -> None:
-        """The number of live workers changed: this worker's share follows."""
-        if self.rate:
-            self.interval = max(1, workers) / self.rate

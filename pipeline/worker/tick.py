@@ -36,6 +36,6 @@ def tick_cron(settings: Settings) -> str:
     """The cron line of ``[worker] tick`` (a sixth field for seconds, as croniter reads it)."""
     seconds = int(settings.worker.tick.total_seconds())
     if seconds < 60:
-        return "* * * * *" if seconds == 60 else f"* * * * * */{seconds}"
+        return f"* * * * * */{seconds}"
     minutes = seconds // 60
     return "* * * * *" if minutes == 1 else f"*/{minutes} * * * *"

@@ -61,6 +61,8 @@ def test_real_world_shapes(
     assert diagnostic in worst.diagnostic
     assert VERP_ADDRESS in bounce.addressed_to
     assert bounce.returned_message_id == MESSAGE_ID
+    # Postfix gives the Original-Recipient (ORCPT) too; the others do not.
+    assert worst.original_recipient == ("ada@example.org" if name.startswith("postfix") else None)
 
 
 @pytest.mark.parametrize(

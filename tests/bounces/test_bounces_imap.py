@@ -18,7 +18,7 @@ from conftest import BASE_CONFIG, SmtpServer, bounce_from_fixture, smtp_section
 from dovecot_server import DovecotServer, dovecot_available, running_dovecot
 
 from pipeline import run
-from pipeline.bounces import ImapMailbox
+from pipeline.bounces import ImapMailbox, mailbox
 from pipeline.config import load_settings
 from pipeline.store import Store
 
@@ -136,9 +136,10 @@ def test_verp_round_trip_over_imap_moves_only_what_was_processed(
         "grace@example.org",
     ]
 
-    # A second reading finds only what was left, and changes nothing.
+    # A second reading passes over what was left (reported once), and changes nothing.
     again = bounces_process(config, dovecot.password)
-    assert "2 messages read, 0 recorded, 0 ignored, 2 left in place" in again.stdout
+    assert "0 messages read, 0 recorded, 0 ignored, 0 left in place (2 more left before" in again.stdout
+    assert "UID 2" not in again.stdout + again.stderr
     assert dovecot.folder("INBOX") == [appended[1], appended[3]]
 
 
@@ -202,3 +203,41 @@ def test_an_untrusted_certificate_or_a_wrong_password_is_a_clear_error(
     assert result.returncode == 1 and "has characters IMAP cannot send" in result.stderr, result.stderr
     dovecot.append(b"Subject: still here\r\n\r\nx\r\n")
     assert len(dovecot.folder("INBOX")) == 1
+
+
+def test_messages_left_in_place_never_starve_new_bounces_over_imap(
+    write_config: Callable[..., Path],
+    smtp_server: SmtpServer,
+    dovecot: DovecotServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mailbox, "FETCH_LIMIT", 2)  # (500 in earnest)
+    config = imap_config(write_config, smtp_server, dovecot)
+    monkeypatch.setenv(PASSWORD_ENV, dovecot.password)
+    settings = load_settings(config)
+    assert settings.bounces is not None
+    junk = bounce_from_fixture("unrelated", verp="x", recipient="y", message_id="z")
+    with Store(settings.digest.database_url) as store:
+        run.send(settings, store)
+        verp, message_id = delivery_of(smtp_server, "ada@example.org")
+        for _ in range(3):
+            dovecot.append(junk)  # UIDs 1-3: the oldest, and no bounce
+        bounce = bounce_from_fixture(
+            "postfix-hard", verp=verp, recipient="ada@example.org", message_id=message_id
+        )
+        dovecot.append(bounce)  # UID 4
+
+        def reading() -> list[tuple[str, str]]:
+            report = run.read_bounces(settings, store)
+            return [(o.ref, o.result) for o in report.outcomes]
+
+        assert reading() == [("UID 1", "left"), ("UID 2", "left")]
+        assert reading() == [("UID 3", "left"), ("UID 4", "recorded")]
+        assert "ada@example.org" in store.suppressions()
+        assert reading() == []
+        left = store.left_in_mailbox(ImapMailbox(settings.bounces).where)
+        validity = {key.split("/")[0] for key in left}
+        assert len(validity) == 1 and validity != {""}  # UIDs are kept with their UIDVALIDITY
+        assert sorted(key.split("/")[1] for key in left) == ["1", "2", "3"]
+    assert dovecot.folder("INBOX") == [junk] * 3  # left, never deleted
+    assert dovecot.folder("Digest Processed") == [bounce]

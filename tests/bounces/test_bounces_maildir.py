@@ -13,6 +13,9 @@ import pytest
 from click.testing import Result
 from conftest import BASE_CONFIG, SmtpServer, bounce_from_fixture, delivery_rows, smtp_section
 
+from pipeline.bounces import mailbox
+from pipeline.store import Store
+
 VERP = re.compile(r"^bounce\+(\d+)-[0-9a-f]{16}@example\.net$")
 
 
@@ -162,7 +165,7 @@ def test_soft_bounces_in_a_row_suppress_a_delivery_resets_the_count_and_unsuppre
     assert again.exit_code == 1 and "is not suppressed and has no bounces counted" in again.output
 
 
-def test_forged_tokens_are_ignored_and_a_bounce_without_one_is_matched_by_message_id(
+def test_forged_tokens_are_ignored_and_so_is_a_bounce_without_one_that_names_a_message_id(
     cli: Callable[..., Result], write_config: Callable[..., Path], smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
     config = bounce_config(write_config, tmp_path, smtp_section(smtp_server))
@@ -194,17 +197,116 @@ def test_forged_tokens_are_ignored_and_a_bounce_without_one_is_matched_by_messag
     assert "names no delivery of ours (forged, or forgotten)" in result.output
     assert "suppressed" not in cli("--config", config, "status").output
 
-    # Sent back to the From address (no VERP token at all): matched by the returned Message-ID.
+    # No VERP token at all, but the real Message-ID of grace's digest in the returned headers:
+    # anyone who saw that digest knows it, and anyone may write to the bounce address, while
+    # every real bounce of a digest comes back to its VERP address. Ignored, like a forged one.
     plain = bounce_from_fixture(
         "exim-hard", verp="digest@example.net", recipient="grace@example.org", message_id=grace_id
     )
     plain = plain.replace(f"<{grace_verp}>".encode(), b"<digest@example.net>")
+    assert grace_verp.encode() not in plain and grace_id.encode() in plain
     drop(tmp_path, "by-message-id", plain)
     result = cli("--config", config, "bounces")
-    assert "new/by-message-id: recorded: hard bounce 5.1.1" in result.output, result.output
-    assert "grace@example.org: suppressed (hard bounce: 5.1.1" in cli("--config", config, "status").output
+    assert result.exit_code == 0, result.output
+    assert "new/by-message-id: ignored: hard bounce 5.1.1" in result.output, result.output
+    assert "no VERP token: it names no delivery" in result.output
+    assert "0 recorded, 1 ignored, 0 left in place" in result.output
+    status = cli("--config", config, "status").output
+    assert "suppressed" not in status and "bounces in a row" not in status
     processed = sorted(p.name for p in (tmp_path / "bounce-box" / ".Processed" / "cur").iterdir())
-    assert processed == ["by-message-id:2,", "forged:2,", "swapped:2,"]
+    assert processed == ["by-message-id:2,", "forged:2,", "swapped:2,"]  # moved, not left to pile up
+    assert not list((tmp_path / "bounce-box" / "new").iterdir())
+
+
+def test_a_bounce_from_a_forwarded_copy_counts_as_soft_and_never_suppresses_the_reader(
+    cli: Callable[..., Result], write_config: Callable[..., Path], smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    config = bounce_config(write_config, tmp_path, smtp_section(smtp_server))  # hard_limit 1
+    assert cli("--config", config, "send").exit_code == 0
+    ada_verp, ada_id = last_delivery(smtp_server, "ada@example.org")
+    grace_verp, grace_id = last_delivery(smtp_server, "grace@example.org")
+    # Ada's server took her digest and forwarded it on (keeping our envelope sender, so the
+    # bounce has her real VERP token); the forward target does not exist. Postfix passes the
+    # ORCPT on: Original-Recipient is Ada's own address, Final-Recipient the target's.
+    forwarded = bounce_from_fixture(
+        "postfix-hard", verp=ada_verp, recipient="ada.old@forward.example.com", message_id=ada_id
+    ).replace(
+        b"Original-Recipient: rfc822;ada.old@forward.example.com",
+        b"Original-Recipient: rfc822;ada@example.org",
+    )
+    assert b"Final-Recipient: rfc822; ada.old@forward.example.com" in forwarded
+    drop(tmp_path, "forwarded", forwarded)
+    # Exim's text names only the address that failed: grace's forward target.
+    drop(
+        tmp_path,
+        "forwarded-exim",
+        bounce_from_fixture(
+            "exim-hard", verp=grace_verp, recipient="grace@old.example.com", message_id=grace_id
+        ),
+    )
+    result = cli("--config", config, "bounces")
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    assert "new/forwarded: recorded: soft bounce 5.1.1" in out, out
+    assert (
+        "(for ada.old@forward.example.com, not ada@example.org: a forwarded copy, counted as soft): "
+        "0 hard, 1 soft in a row [ada@example.org]"
+    ) in out
+    assert "new/forwarded-exim: recorded: soft bounce 5.1.1" in out
+    assert "(for grace@old.example.com, not grace@example.org: a forwarded copy" in out
+    assert "0 subscribers newly suppressed" in out
+    status = cli("--config", config, "status").output
+    assert "suppressed" not in status
+    assert "ada@example.org: 0 hard bounces and 1 soft bounce in a row" in status
+
+    # Her own address refusing it (Final-Recipient in another case, and typed) is hard, as before.
+    own = bounce_from_fixture("postfix-hard", verp=ada_verp, recipient="ada@example.org", message_id=ada_id)
+    own = own.replace(
+        b"Final-Recipient: rfc822; ada@example.org", b"Final-Recipient: RFC822; <ADA@Example.ORG>"
+    )
+    drop(tmp_path, "own", own)
+    result = cli("--config", config, "bounces")
+    assert "new/own: recorded: hard bounce 5.1.1" in result.output, result.output
+    assert "1 subscriber newly suppressed" in result.output
+    assert "ada@example.org: suppressed (hard bounce: 5.1.1" in cli("--config", config, "status").output
+
+
+def test_messages_left_in_place_never_starve_new_bounces(
+    cli: Callable[..., Result],
+    write_config: Callable[..., Path],
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mailbox, "FETCH_LIMIT", 2)  # (500 in earnest)
+    config = bounce_config(write_config, tmp_path, smtp_section(smtp_server))
+    assert cli("--config", config, "send").exit_code == 0
+    junk = bounce_from_fixture("unrelated", verp="x", recipient="y", message_id="z")
+    left = [drop(tmp_path, f"100{i}.M1P1.mx", junk) for i in range(3)]  # the oldest, unreadable
+    verp, message_id = last_delivery(smtp_server, "grace@example.org")
+    dsn = bounce_from_fixture("postfix-hard", verp=verp, recipient="grace@example.org", message_id=message_id)
+    bounce = drop(tmp_path, "200.M1P1.mx", dsn)
+
+    first = cli("--config", config, "bounces")
+    assert "new/1000.M1P1.mx: left" in first.output and "new/1001.M1P1.mx: left" in first.output
+    assert "2 messages read, 0 recorded, 0 ignored, 2 left in place;" in first.output
+    second = cli("--config", config, "bounces")  # the two left are passed over, not read again
+    assert "new/1000.M1P1.mx" not in second.output
+    assert "new/1002.M1P1.mx: left" in second.output
+    assert "new/200.M1P1.mx: recorded: hard bounce 5.1.1" in second.output, second.output
+    assert "(2 more left before, not read again)" in second.output
+    assert not bounce.exists()
+    assert "grace@example.org: suppressed (hard bounce: 5.1.1" in cli("--config", config, "status").output
+
+    # A mail reader marking one seen (new/ -> cur/, ":2,S") does not make it new again; one
+    # taken out of the mailbox is forgotten; nothing left was touched.
+    left[0].rename(tmp_path / "bounce-box" / "cur" / f"{left[0].name}:2,S")
+    left[1].unlink()
+    third = cli("--config", config, "bounces")
+    assert "0 messages read, 0 recorded, 0 ignored, 0 left in place (2 more left before" in third.output
+    assert left[2].read_bytes() == junk
+    with Store(f"sqlite:///{tmp_path / 'state' / 'digest.db'}") as store:
+        assert store.left_in_mailbox(str(tmp_path / "bounce-box")) == {"1000.M1P1.mx", "1002.M1P1.mx"}
 
 
 def test_what_is_no_bounce_is_left_in_place_and_reported(

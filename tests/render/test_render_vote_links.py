@@ -174,3 +174,39 @@ def test_plain_attribute_values_are_written_as_lxml_writes_them(value: str) -> N
     for tag, attr in (("a", "href"), ("img", "src"), ("a", "title"), ("img", "alt")):
         if '"' not in value:  # (a quote ends the attribute: lxml then writes it the other way)
             assert serialised_attribute(tag, attr, value) == _lxml_attribute(tag, attr, value)
+
+
+READER_LINKS_HTML = re.compile(
+    r'<p class="vote"[^>]*>.*?</p>\n'
+    r'|<p[^>]*><a class="(?:preferences|archive|unsubscribe)"[^>]*>.*?</a></p>\n'
+)
+ARCHIVED_HTML = re.compile(r'<p class="archived"[^>]*>This archived copy leaves out the links[^<]*</p>\n')
+
+
+def test_an_archived_copy_is_the_email_without_the_readers_links(voting: Voting) -> None:
+    """What an archive page (reached from the Atom feed, read anywhere) shows: the same email,
+    less every link that acts for the reader; no token of theirs at all, a line saying so."""
+    settings, digests = voting
+    sent, archived = Renderer(settings), Renderer(settings, reader_links=False)
+    sent.prepare(digests.values())
+    archived.prepare(digests.values())
+    keys = signer(settings.web)
+    for address, digest in digests.items():
+        mail, page = sent.render(digest), archived.render(digest)
+        assert page.token == ""
+        assert len(ARCHIVED_HTML.findall(page.html)) == 1
+        assert ARCHIVED_HTML.sub("", page.html) == READER_LINKS_HTML.sub("", mail.html)
+        assert len(READER_LINKS_HTML.findall(mail.html)) == len(_entry_ids(digest)) + 3
+        whole = archived.render_whole(digest)
+        assert (page.html, page.text) == (whole.html, whole.text)
+        for purpose in ("unsubscribe", "preferences", "vote", "archive", "feed"):
+            token = keys.token(purpose, address.lower())
+            assert token.split(".")[1] not in page.html + page.text, purpose
+        assert "like this" not in page.html + page.text and "/v/" not in page.html + page.text
+        assert "/u/" not in page.text and "/p/" not in page.text
+        assert "This archived copy leaves out the links" in " ".join(page.text.split())
+        assert "dgstlink" not in page.html + page.text
+        # the rest of the text part is the email's, line for line
+        note = ("archived copy", "to vote")
+        kept = [line for line in page.text.splitlines() if not any(n in line for n in note)]
+        assert set(kept) <= set(mail.text.splitlines())

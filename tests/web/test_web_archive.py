@@ -1,6 +1,7 @@
 """A reader's archive and Atom feed, end to end: real ``digest fetch`` / ``send`` into
 aiosmtpd, then a real ``digest serve`` process driven over HTTP. The pages are compared with
-the emails that were sent, hostile feed text is followed to the page and the feed, the feed is
+the emails that were sent (less the links that act for the reader, whose tokens appear in no
+page nor the feed), hostile feed text is followed to the page and the feed, the feed is
 checked with feedparser and against what RFC 4287 requires, and pruning is done by the real
 store on the real file.
 """
@@ -123,6 +124,24 @@ def without_note(page: str) -> str:
     return re.sub(r'<div class="archive-note".*?</div>\n?', "", page, count=1, flags=re.S)
 
 
+# The links that act for the reader (votes beside entries; preferences, archive, unsubscribe in
+# the footer), one line each, and the line an archived copy has instead.
+READER_LINKS = re.compile(
+    r'<p class="vote"[^>]*>.*?</p>\n'
+    r'|<p[^>]*><a class="(?:preferences|archive|unsubscribe)"[^>]*>.*?</a></p>\n'
+)
+ARCHIVED = re.compile(r'<p class="archived"[^>]*>This archived copy leaves out the links[^<]*</p>\n')
+
+
+def acting_tokens(message: Any) -> set[str]:
+    """The tokens of every link of a sent email that acts for its reader (unsubscribe,
+    preferences, votes: in both parts and in List-Unsubscribe)."""
+    text = body_html(message) + body_text(message) + str(message["List-Unsubscribe"])
+    found = set(re.findall(r"/(?:u|p|v)/([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", text))
+    assert found
+    return found
+
+
 def unix(text: str) -> str:
     return text.replace("\r\n", "\n")
 
@@ -176,14 +195,48 @@ def test_the_archive_lists_each_digest_and_shows_it_as_it_was_emailed(
         assert "style-src 'unsafe-inline'" in policy and "script" not in policy
         assert page.headers["x-frame-options"] == "DENY"
         assert "archive-note" in page.text and "All your past digests" in page.text
-        # The very email: re-rendered from the outbox's record of it, byte for byte.
-        assert without_note(page.text) == unix(body_html(message))
+        # The very email, re-rendered from the outbox's record of it, byte for byte, but for the
+        # links that act for the reader: a line says they are left out, and none of their
+        # tokens is anywhere in the page (a feed reader that holds the feed can open it).
+        shown, sent = without_note(page.text), unix(body_html(message))
+        assert len(ARCHIVED.findall(shown)) == 1 and len(READER_LINKS.findall(shown)) == 0
+        assert len(READER_LINKS.findall(sent)) == 3 + sent.count('class="vote"')
+        assert ARCHIVED.sub("", shown) == READER_LINKS.sub("", sent)
+        assert not [t for t in acting_tokens(message) if t in page.text or t.split(".")[1] in page.text]
         assert_no_active_content(page.text)
     hostile = lxml.html.fromstring(served.client.get(pages[1]).text)
     titles = [" ".join(e.text_content().split()) for e in hostile.find_class("entry-title")]
     assert HOSTILE_TITLE in titles  # as text: nothing ran, nothing was read as a template
     assert "49" not in " ".join(titles)
     assert sorted(titles) == sorted([KEPT[1], LEFT[1], HOSTILE_TITLE, PLAIN[1]])
+
+
+def test_no_token_of_another_purpose_is_in_the_archive_or_the_feed(
+    tmp_path: Path, archive: tuple[Path, SmtpServer, Any]
+) -> None:
+    """Whoever holds the feed's address (a feed reader, a service) reads the archive; neither
+    may carry a link or token that unsubscribes the reader, changes their choices or votes."""
+    path, smtp, servers = archive
+    served = servers.start(path)
+    sent = smtp.handler.to(ADA)
+    keys = Signer(WEB_SECRET.encode())
+    tokens = set().union(*(acting_tokens(m) for m in sent))
+    tokens |= {keys.token(purpose, ADA) for purpose in ("unsubscribe", "preferences", "vote")}
+    macs = {t.split(".")[1] for t in tokens}
+    index_url = archive_link(sent[0])
+    index = served.client.get(index_url).text
+    tree = lxml.html.fromstring(index)
+    (feed_url,) = [a.get("href") for a in tree.iter("a") if (a.get("href") or "").endswith(".atom")]
+    feed = served.client.get(feed_url).text
+    pages = [a.get("href") for a in tree.find_class("archive")[0].iter("a")]
+    pages += [e.link for e in feedparser.parse(feed).entries]  # where the feed's entries lead
+    assert len(pages) == 4
+    shown = [index, feed, *(served.client.get(url).text for url in pages)]
+    for text in shown:
+        assert not [m for m in macs if m in text]
+        assert not re.search(r"/(?:u|p|v)/[A-Za-z0-9_-]+\.", text)
+        assert "Unsubscribe</a>" not in text and "like this" not in text
+    assert all("This archived copy leaves out the links" in text for text in shown[2:])
 
 
 def test_the_archive_says_what_it_no_longer_keeps(

@@ -3,6 +3,8 @@ and the tokens themselves (purpose-bound, altered ones refused, old keys for ver
 
 from __future__ import annotations
 
+import base64
+import hmac
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +14,9 @@ import pytest
 from web_server import OLD_WEB_SECRET, WEB_SECRET, digest, web_config, web_env
 
 from pipeline.errors import WebError
-from pipeline.web.tokens import Signer, signer
+from pipeline.web.tokens import PURPOSES, Signer, signer
+
+ADA = "ada@example.org"
 
 
 def test_links_prints_the_four_urls_and_serve_accepts_them(tmp_path: Path, web_server: Any) -> None:
@@ -74,6 +78,50 @@ def test_tokens_verify_only_unaltered_for_their_purpose_with_current_or_old_keys
     )
     with pytest.raises(ValueError, match="unknown token purpose"):
         rotated.token("admin", "x")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def test_a_plain_token_is_never_a_timed_one() -> None:
+    """The MAC input says which kind a token is: a plain token for "S", NUL, "T" (which would
+    have the MAC of a timed token for S made at T, one that never expires) is refused as a
+    timed token, and the other way round."""
+    signer = Signer(WEB_SECRET.encode())
+    now = datetime.now(UTC)
+    week = timedelta(days=7)
+    stamp = str(int(now.timestamp()))
+    form_subject = f"preferences\0{ADA}"  # (as pipeline.web.forms joins them)
+    for purpose in ("form", "confirm", "unsubscribe"):
+        plain = signer.token(purpose, f"{form_subject}\0{stamp}")
+        mac = plain.split(".")[1]
+        forged = f"{_b64(form_subject.encode())}.{stamp}.{mac}"
+        assert signer.timed_subject(purpose, forged, now, week) is None
+        assert signer.timed_subject(purpose, forged, now + timedelta(days=3650), timedelta(days=3651)) is None
+        timed = signer.timed_token(purpose, form_subject, now)
+        subject, time, timed_mac = timed.split(".")
+        assert signer.timed_subject(purpose, timed, now, week) == form_subject
+        as_plain = _b64((form_subject + "\0" + time).encode()) + "." + timed_mac
+        assert signer.subject(purpose, as_plain) is None
+        assert subject == _b64(form_subject.encode())
+    # A time in other digits than ASCII ones is refused, not an error.
+    subject, _, timed_mac = signer.timed_token("form", "x", now).split(".")
+    assert signer.timed_subject("form", f"{subject}.\u00b2\u00b3.{timed_mac}", now, week) is None
+
+
+def test_plain_tokens_keep_the_mac_of_the_links_already_sent() -> None:
+    """Links in emails already sent do not expire: a plain token's MAC input is unchanged."""
+    message = b"\0".join([b"digest-token-v1", b"unsubscribe", ADA.encode()])
+    mac = hmac.digest(WEB_SECRET.encode(), message, "sha256")[:16]
+    assert Signer(WEB_SECRET.encode()).token("unsubscribe", ADA) == f"{_b64(ADA.encode())}.{_b64(mac)}"
+
+
+def test_every_purpose_is_one_that_is_used() -> None:
+    used = {"unsubscribe", "preferences", "archive", "feed", "vote", "confirm", "form"}
+    assert used == PURPOSES
+    with pytest.raises(ValueError, match="unknown token purpose"):
+        Signer(WEB_SECRET.encode()).token("signup", ADA)
 
 
 def test_the_key_comes_from_the_environment_and_must_be_long(monkeypatch: pytest.MonkeyPatch) -> None:

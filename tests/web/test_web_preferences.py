@@ -217,3 +217,49 @@ def test_a_pause_and_unsubscribing_then_subscribing_again_are_followed_by_send_s
     assert digest(config, "send").returncode == 0
     later = smtp_server.handler.to(ADA)
     assert len(later) == 2 and text_titles(body_text(later[-1])) == ["Policy gradient methods revisited"]
+
+
+def test_a_digest_waiting_in_the_outbox_is_not_sent_while_its_reader_is_paused(
+    tmp_path: Path, smtp_server: SmtpServer, web_server: Any
+) -> None:
+    # Every attempt of the first send fails (3 in the run), the next would succeed.
+    smtp_server.handler.faults[ADA] = ["451 4.3.0 try later"] * 3 + [None]
+    config = web_config(tmp_path, web_server.base_url, smtp=smtp_section(smtp_server))
+    first = digest(config, "send")
+    assert first.returncode == 3, first.stdout + first.stderr  # ada's digest waits for a retry
+    served = web_server.start(config)
+    url = preferences_url()
+    _, values = form_of(served, url)
+    paused = submit(served, url, {**values, "pause": ["1"], "action": "save"})
+    assert paused.status_code == 200 and "Paused until" in paused.text
+    ((until,),) = [(row[4],) for row in readers(tmp_path)]
+    retry = digest(config, "send", "--retry-now", "--no-fetch")
+    assert smtp_server.handler.to(ADA) == [], retry.stdout
+    with state_db(tmp_path) as db:
+        ((state, error),) = db.execute(
+            "select state, last_error from deliveries where subscriber = ?", (ADA,)
+        )
+    until_utc = datetime.fromisoformat(until).replace(tzinfo=UTC) if isinstance(until, str) else until
+    assert state == "failed" and error == f"not sent: the reader paused until {until_utc:%Y-%m-%d %H:%M} UTC"
+    assert smtp_server.handler.attempts[ADA] == 3  # never offered to the server again
+
+
+def test_withdrawn_names_readers_paused_now_and_only_while_paused(tmp_path: Path) -> None:
+    from pipeline.run.audience import withdrawn
+    from pipeline.store import Store
+
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    with Store(f"sqlite:///{tmp_path / 'digest.db'}") as store:
+        store.record_reader_choices(ADA, now, paused_until=now + timedelta(days=7))
+        store.record_reader_choices("grace@example.org", now, paused_until=now - timedelta(minutes=1))
+        store.record_reader_choices("bob@example.org", now, paused_until=now + timedelta(days=7))
+        store.unsubscribe_reader("bob@example.org", now - timedelta(days=1))
+        gone = withdrawn(store, ["Ada@Example.org", "grace@example.org", "bob@example.org", "x@y.org"], now)
+        assert gone == {
+            "Ada@Example.org": "not sent: the reader paused until 2026-12-13 12:00 UTC",
+            "bob@example.org": "not sent: the reader unsubscribed (web, at 2026-12-05 12:00 UTC)",
+        }
+        assert withdrawn(store, [ADA], now + timedelta(days=8)) == {}  # the pause is over
+        tomorrow = datetime.now(UTC) + timedelta(days=1)
+        store.record_reader_choices("eve@example.org", now, paused_until=tomorrow)
+        assert list(withdrawn(store, ["eve@example.org"])) == ["eve@example.org"]  # by default: now

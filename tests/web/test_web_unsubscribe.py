@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import lxml.html
 from conftest import SmtpServer, body_html, body_text, smtp_section, state_db
 from web_server import OLD_WEB_SECRET, WEB_SECRET, add_entries, digest, web_config, web_env
 
+from pipeline.store import Store
 from pipeline.web.tokens import Signer
 
 ADA = "ada@example.org"
@@ -301,3 +305,44 @@ def test_a_digest_waiting_in_the_outbox_is_not_sent_once_its_reader_unsubscribed
         )
     assert state == "failed" and error.startswith("not sent: the reader unsubscribed (web, at "), error
     assert smtp_server.handler.attempts[ADA] == 3  # never offered to the server again
+
+
+def test_two_racing_unsubscribes_keep_the_first_time(tmp_path: Path, monkeypatch: Any) -> None:
+    """Another process's unsubscribe commits between any two transactions of this one: exactly
+    one of the two records it, and the time and way it recorded stay; other choices stay too."""
+    url = f"sqlite:///{tmp_path / 'digest.db'}"
+    t0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    with Store(url) as ours, Store(url) as other:
+        ours.record_reader_choices(ADA, t0, topics=["rl"], schedule="daily 07:00")
+        results: dict[str, bool] = {}
+        tx = ours._tx
+
+        @contextmanager
+        def then_the_other(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with tx(*args, **kwargs) as conn:
+                yield conn
+            if "other" not in results:  # right after this process's first transaction
+                results["other"] = other.unsubscribe_reader(ADA, t0 + timedelta(minutes=1), via="one-click")
+
+        monkeypatch.setattr(ours, "_tx", then_the_other)
+        results["ours"] = ours.unsubscribe_reader(ADA, t0 + timedelta(minutes=2), via="web")
+        monkeypatch.undo()
+        assert sorted(results.values()) == [False, True], results  # one of them unsubscribed
+        winner = next(who for who, done in results.items() if done)
+        at, via = {"other": (1, "one-click"), "ours": (2, "web")}[winner]
+        found = ours.reader_choice(ADA)
+        assert found is not None
+        assert (found.unsubscribed_at, found.unsubscribed_via) == (t0 + timedelta(minutes=at), via)
+        assert (found.topics, found.schedule) == (("rl",), "daily 07:00")
+        # Once unsubscribed, again changes nothing; after subscribing again, it records anew.
+        assert not ours.unsubscribe_reader(ADA, t0 + timedelta(hours=1))
+        assert ours.reader_choice(ADA) == found
+        ours.record_reader_choices(ADA, t0 + timedelta(hours=2), unsubscribed_at=None, unsubscribed_via=None)
+        assert ours.unsubscribe_reader(ADA.upper(), t0 + timedelta(hours=3))
+        again = ours.reader_choice(ADA)
+        assert again is not None and again.unsubscribed_at == t0 + timedelta(hours=3)
+        assert again.topics == ("rl",) and again.unsubscribed_via == "web"
+        # A reader who never chose anything gets a row with only that.
+        assert other.unsubscribe_reader("new@example.org", t0)
+        new = other.reader_choice("new@example.org")
+        assert new is not None and (new.unsubscribed_at, new.topics, new.paused_until) == (t0, None, None)
