@@ -31,17 +31,13 @@ _PATTERNS = {
     "name": 'a name is letters, digits, ".", "_" and "-", starting with a letter or digit',
     "[key]": 'a topic name is letters, digits, ".", "_" and "-", starting with a letter or digit',
     "base_url": "expected a web address starting with http:// or https://",
-    "password_env": 'expected the name of an environment variable (letters, digits and "_", not '
-    "starting with a digit)",
-    "secret_env": 'expected the name of an environment variable (letters, digits and "_", not '
-    "starting with a digit)",
-    "old_secrets_env": 'expected the name of an environment variable (letters, digits and "_", not '
-    "starting with a digit)",
+    **dict.fromkeys(
+        ("password_env", "secret_env", "old_secrets_env", "imap_password_env"),
+        'expected the name of an environment variable (letters, digits and "_", not starting with a digit)',
+    ),
     "listen": 'expected HOST:PORT, like "127.0.0.1:8080"',
     "domain": 'expected a domain name, like "example.org"',
     "selector": 'expected a DKIM selector: letters, digits, "_" and "-", in labels joined by "."',
-    "imap_password_env": 'expected the name of an environment variable (letters, digits and "_", not '
-    "starting with a digit)",
 }
 # How each table is written, by the key path of the table.
 _HEADERS = {

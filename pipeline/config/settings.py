@@ -32,6 +32,7 @@ from pydantic import (
 from .values import (
     Duration,
     Email,
+    EnvName,
     Mailbox,
     Name,
     ScheduleValue,
@@ -126,7 +127,7 @@ class SmtpSection(_Section):
     port: int | None = Field(None, ge=1, le=65535)
     security: Literal["none", "starttls", "tls"] = "starttls"
     username: str | None = None
-    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    password_env: EnvName | None = None
     from_: Mailbox = Field(alias="from")
     rate: float | None = Field(None, gt=0)
     connections: int = Field(1, ge=1, le=32)
@@ -216,9 +217,9 @@ class WebSection(_Section):
     """``[web]``: the reader-facing web app, ``digest serve`` (see :mod:`pipeline.web`)."""
 
     listen: str = Field("127.0.0.1:8080", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
-    secret_env: str = Field("DIGEST_WEB_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    secret_env: EnvName = "DIGEST_WEB_SECRET"
     # Keys retired by a rotation, still accepted on links already sent (never used to sign).
-    old_secrets_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    old_secrets_env: EnvName | None = None
     # --- sign-up (pipeline/web/signup.py): anyone may subscribe, with double opt-in ---
     signup: StrictBool = False
     signup_expires: Duration = timedelta(hours=48)  # an unconfirmed sign-up is forgotten after this
@@ -266,7 +267,7 @@ class BouncesSection(_Section):
     imap_port: int | None = Field(None, ge=1, le=65535)
     imap_security: Literal["tls", "starttls"] = "tls"
     imap_username: str | None = Field(None, min_length=1)
-    imap_password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    imap_password_env: EnvName | None = None
     imap_folder: str = Field("INBOX", min_length=1)
     processed_folder: str = Field("Processed", min_length=1)
     ca_file: str | None = None

@@ -199,6 +199,7 @@ TimeZone = Annotated[ZoneInfo, BeforeValidator(_zone), PlainSerializer(str)]
 Email = Annotated[str, AfterValidator(email_address)]
 Mailbox = Annotated[str, AfterValidator(_mailbox)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=64)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]  # (an environment variable's name)
 
 # --- schedules ------------------------------------------------------------------------------
 

@@ -186,7 +186,7 @@ def _delivery_of(bounce: Bounce, verp: Verp, store: Store) -> tuple[BouncedDeliv
     if bounce.envelope_id and not tokens:
         tokens = verp.tokens([f"{verp.local}+{bounce.envelope_id}@{verp.domain}"])
     for token in tokens:
-        delivery = store.bounced_delivery(delivery_id=token.delivery_id)
+        delivery = store.bounced_delivery(token.delivery_id)
         if delivery is not None and verp.verifies(token, delivery.message_id):
             return delivery, ""
     if tokens:

@@ -116,18 +116,10 @@ class Bounces(Transactions):
                 value = json.dumps({"mailbox": where, "left": keys})
                 conn.execute(insert(meta_table).values(key=key, value=value))
 
-    def bounced_delivery(
-        self, *, delivery_id: int | None = None, message_id: str | None = None
-    ) -> BouncedDelivery | None:
-        """The outbox row with this id (or Message-ID), if the outbox still has it."""
+    def bounced_delivery(self, delivery_id: int) -> BouncedDelivery | None:
+        """The outbox row with this id, if the outbox still has it."""
         c = deliveries_table.c
-        query = select(c.id, c.subscriber, c.message_id, c.created_at, c.state)
-        if delivery_id is not None:
-            query = query.where(c.id == delivery_id)
-        elif message_id is not None:
-            query = query.where(c.message_id == message_id)
-        else:
-            return None
+        query = select(c.id, c.subscriber, c.message_id, c.created_at, c.state).where(c.id == delivery_id)
         with self._tx() as conn:
             row = conn.execute(query).first()
         return BouncedDelivery(*row) if row is not None else None

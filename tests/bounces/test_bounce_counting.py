@@ -30,7 +30,7 @@ def deliveries(store: Store, plan: list[str]) -> list[BouncedDelivery]:
             marker = SentMarker(store)
             marker([row.id], when, "me")
             marker.close()
-        delivery = store.bounced_delivery(delivery_id=row.id)
+        delivery = store.bounced_delivery(row.id)
         assert delivery is not None
         out.append(delivery)
     return out
